@@ -1,0 +1,30 @@
+"""A small, generic actor toolkit for trio: bounded mailboxes, a supervisor, a router.
+
+Nothing here knows about agents or events; ``pipeline`` builds the agent event bus on it.
+"""
+
+from ._mailbox import SLOW_CONSUMER as SLOW_CONSUMER
+from ._mailbox import Dropped as Dropped
+from ._mailbox import Mailbox as Mailbox
+from ._mailbox import MailboxStatistics as MailboxStatistics
+from ._mailbox import Overflow as Overflow
+from ._router import Router as Router
+from ._router import RouterStatistics as RouterStatistics
+from ._router import Subscriber as Subscriber
+from ._supervisor import Supervisor as Supervisor
+from ._supervisor import SupervisorStatistics as SupervisorStatistics
+from ._supervisor import open_supervisor as open_supervisor
+
+__all__ = [
+    "SLOW_CONSUMER",
+    "Dropped",
+    "Mailbox",
+    "MailboxStatistics",
+    "Overflow",
+    "Router",
+    "RouterStatistics",
+    "Subscriber",
+    "Supervisor",
+    "SupervisorStatistics",
+    "open_supervisor",
+]

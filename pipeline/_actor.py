@@ -1,0 +1,282 @@
+"""The run actor's state: everything one run knows, owned by the task that runs it.
+
+A :class:`RunActor` holds a run's seq counter, context, chat projection, stop reason and idle
+deadline. It is created when a run starts and dropped when the run ends; the bus's only index,
+``run id -> live actor``, loses its entry in the ending task's ``finally``. So a finished run
+leaves nothing behind, however it finished.
+
+The actor publishes through the router; callers make sure the router's inbox has room
+(``MAX_EVENTS_PER_EMIT``) before calling a ``publish_*`` method, so that an agent event and the
+chat events it causes enter the inbox together, in order, without a gap in seq.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ._chat import ChatProjection
+from ._config import RunContext
+from ._errors import InvalidEvent, UnknownRun
+from ._event import CHAT, DROPPED_STREAM, LIFECYCLE, Event, checked_data, checked_stream
+
+if TYPE_CHECKING:
+    from ._core import BusCore
+
+__all__ = ["MAX_EVENTS_PER_EMIT", "MAX_TERMINAL_EVENTS", "Phase", "RunActor", "epoch_ms"]
+
+#: An agent event plus the chat event it causes (a delta after it, or a flush before it).
+MAX_EVENTS_PER_EMIT = 2
+#: A terminal lifecycle event, a chat flush and the chat final.
+MAX_TERMINAL_EVENTS = 3
+#: Streams only the bus may publish.
+_RESERVED_STREAMS = frozenset({LIFECYCLE, CHAT, DROPPED_STREAM})
+#: The idle deadline is refreshed at most once per this fraction of the idle timeout, because
+#: moving a cancel scope's deadline costs more than the rest of an emit. So an idle run ends
+#: between ``run_idle_timeout`` and ``run_idle_timeout * (1 + 1/64)`` after its last event.
+IDLE_REFRESH_FRACTION = 1 / 64
+
+
+def epoch_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Phase(enum.Enum):
+    """Where a run is in its life."""
+
+    #: A body is running.
+    RUNNING = "running"
+    #: The body failed; the state waits ``error_retry_grace`` for a retry under the same id.
+    GRACE = "grace"
+    #: Events come from ``Bus.ingest``; it ends on a terminal lifecycle event or when idle.
+    TRACKING = "tracking"
+    ENDED = "ended"
+
+
+@attrs.define(eq=False)
+class RunActor:
+    """The state of one live run."""
+
+    id: str
+    context: RunContext
+    core: BusCore
+    phase: Phase
+    #: Seq of the newest agent event (local or ingested); the next local one is ``last_seq + 1``.
+    last_seq: int = 0
+    started_at: int = 0
+    #: Why the run is being stopped (abort reason); ``None`` unless aborted.
+    stop_reason: str | None = None
+    #: The ``stopReason`` the body asked its end event to carry.
+    end_reason: str | None = None
+    #: The failure kept through the retry grace: (message, kind).
+    failure: tuple[str, str] | None = None
+    #: The terminal lifecycle data seen by a tracked run.
+    tracked_terminal: Mapping[str, Any] | None = None
+    _scope: trio.CancelScope | None = None
+    _chat: ChatProjection | None = None
+    #: Woken on a retry or abort during the grace, and on a tracked run's terminal event.
+    _wakeup: trio.Event = attrs.field(factory=trio.Event)
+    _refreshed_at: float = -math.inf
+
+    # ---- scope, idle deadline, abort ---------------------------------------------------------
+
+    def open_scope(self) -> trio.CancelScope:
+        """A fresh cancel scope for the next stretch of work, with the idle deadline set."""
+        scope = trio.CancelScope()
+        self._scope = scope
+        self._refreshed_at = -math.inf
+        self._touch(trio.current_time())
+        if self.stop_reason is not None:
+            scope.cancel()
+        return scope
+
+    def close_scope(self) -> None:
+        self._scope = None
+
+    def _touch(self, now: float) -> None:
+        """Note activity: push the idle deadline, at most once per refresh step."""
+        idle = self.core.config.run_idle_timeout
+        if idle is None:
+            return
+        step = idle * IDLE_REFRESH_FRACTION
+        if now - self._refreshed_at >= step:
+            self._refreshed_at = now
+            if self._scope is not None:
+                self._scope.deadline = now + idle + step
+
+    def abort(self, reason: str) -> bool:
+        """Stop the run: cancel its body (or tracking), or end its retry grace early."""
+        if self.phase is Phase.ENDED:
+            return False
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self._scope is not None:
+            self._scope.cancel()
+        self._wakeup.set()
+        return True
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def arm_wakeup(self) -> None:
+        """Start a new wait: later :meth:`wake` or :meth:`abort` calls end it."""
+        self._wakeup = trio.Event()
+
+    async def wait_woken(self) -> None:
+        await self._wakeup.wait()
+
+    # ---- agent events ------------------------------------------------------------------------
+
+    def check_running(self) -> None:
+        if self.phase is not Phase.RUNNING:
+            raise UnknownRun(f"run {self.id!r} has no running body")
+
+    @staticmethod
+    def checked_input(
+        stream: object, data: object, session_key: object
+    ) -> tuple[str, Mapping[str, Any]]:
+        """Validate what a caller wants to emit; :exc:`InvalidEvent` if it is malformed."""
+        stream = checked_stream(stream)
+        if stream in _RESERVED_STREAMS:
+            raise InvalidEvent(f"stream {stream!r} is published by the bus, not by run bodies")
+        if session_key is not None and not isinstance(session_key, str):
+            raise InvalidEvent(f"session_key must be a str or None, not {session_key!r}")
+        return stream, checked_data(data)
+
+    def session_key_for(self, own: str | None) -> str | None:
+        """The event's own non-blank key, else the context's; none for hidden runs."""
+        context = self.context
+        if not context.control_ui_visible:
+            return None
+        if own is not None and own.strip():
+            return own
+        return context.session_key
+
+    def publish_agent(
+        self, stream: str, data: Mapping[str, Any], session_key: str | None = None
+    ) -> Event:
+        """Sequence, enrich and publish one agent event and the chat events it causes."""
+        key = self.session_key_for(session_key)
+        ts = epoch_ms()
+        self.last_seq = seq = self.last_seq + 1
+        event = Event(self.id, seq, stream, ts, data, key)
+        now = trio.current_time()
+        publish = self.core.publish
+        if key is None:
+            publish(event)
+        else:
+            chat = self._chat_projection()
+            before = chat.before(stream, data, ts)
+            if before is not None:
+                publish(Event(self.id, seq, CHAT, ts, before, key))
+            publish(event)
+            after = chat.after(stream, data, now, ts)
+            if after is not None:
+                publish(Event(self.id, seq, CHAT, ts, after, key))
+        self._touch(now)
+        return event
+
+    def _chat_projection(self) -> ChatProjection:
+        if self._chat is None:
+            self._chat = ChatProjection(self.core.config.chat_delta_interval)
+        return self._chat
+
+    def _publish_chat(self, payload: Mapping[str, Any] | None, seq: int, ts: int) -> None:
+        key = self.session_key_for(None)
+        if payload is not None and key is not None:
+            self.core.publish(Event(self.id, seq, CHAT, ts, payload, key))
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def publish_start(self) -> None:
+        if not self.started_at:
+            self.started_at = epoch_ms()
+        self.publish_agent(LIFECYCLE, {"phase": "start", "startedAt": self.started_at})
+
+    def publish_end(self, ended_at: int) -> None:
+        data: dict[str, Any] = {"phase": "end", "startedAt": self.started_at, "endedAt": ended_at}
+        if self.end_reason is not None:
+            data["stopReason"] = self.end_reason
+        event = self.publish_agent(LIFECYCLE, data)
+        if self.session_key_for(None) is not None:
+            for payload in self._chat_projection().final(self.end_reason, event.ts):
+                self._publish_chat(payload, event.seq, event.ts)
+
+    def publish_aborted(self, reason: str, ended_at: int) -> None:
+        event = self.publish_agent(
+            LIFECYCLE,
+            {
+                "phase": "end",
+                "aborted": True,
+                "stopReason": reason,
+                "startedAt": self.started_at,
+                "endedAt": ended_at,
+            },
+        )
+        if self.session_key_for(None) is not None:
+            self._publish_chat(
+                self._chat_projection().aborted(reason, event.ts), event.seq, event.ts
+            )
+
+    def publish_error(self, message: str, kind: str, ended_at: int) -> None:
+        """The lifecycle error; the chat error waits for :meth:`publish_chat_error`."""
+        self.failure = (message, kind)
+        self.publish_agent(
+            LIFECYCLE,
+            {
+                "phase": "error",
+                "error": message,
+                "errorKind": kind,
+                "startedAt": self.started_at,
+                "endedAt": ended_at,
+            },
+        )
+
+    def publish_chat_error(self) -> None:
+        """The chat error for the kept failure, once no retry is coming."""
+        if self.failure is not None:
+            self._publish_chat(ChatProjection.error(*self.failure), self.last_seq, epoch_ms())
+
+    # ---- ingested events ---------------------------------------------------------------------
+
+    def publish_ingested(self, event: Event) -> bool:
+        """Publish an event sequenced elsewhere, after dedupe and gap detection.
+
+        Returns False for a duplicate (``seq <= last_seq``), which is not published.
+        """
+        last = self.last_seq
+        if event.seq <= last:
+            return False
+        if last > 0 and event.seq != last + 1:
+            gap = {"reason": "seq gap", "expected": last + 1, "received": event.seq}
+            self.core.publish(
+                Event(self.id, event.seq, "error", epoch_ms(), gap, event.session_key)
+            )
+        self.last_seq = event.seq
+        self.core.publish(event)
+        self._touch(trio.current_time())
+        if (
+            self.phase is Phase.TRACKING
+            and event.stream == LIFECYCLE
+            and event.data.get("phase") in ("end", "error")
+        ):
+            self.tracked_terminal = event.data
+            self.wake()
+        return True
+
+    # ---- the end -----------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """Drop the run's state and its index entry; nothing of it stays in the bus."""
+        self.phase = Phase.ENDED
+        self._chat = None
+        self._scope = None
+        self.failure = None
+        self.tracked_terminal = None
+        self.core.forget(self)

@@ -1,0 +1,280 @@
+"""The bus: the public facade over the router, the supervisor and the live runs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from actors import Mailbox, Overflow, Router, Supervisor, open_supervisor
+
+from ._actor import MAX_EVENTS_PER_EMIT, Phase, RunActor
+from ._config import BusConfig, RunContext
+from ._core import OUTCOMES, BusCore
+from ._errors import TooManySubscribers, UnknownRun
+from ._event import Event, checked_event, is_droppable
+from ._run import BodyPhase, Run, RunBody, RunHandle, emit, track_ingested
+from ._subscription import BUS_CLOSED, Subscription, event_filter
+
+__all__ = ["Bus", "BusStatistics", "open_bus"]
+
+
+@attrs.frozen
+class BusStatistics:
+    """A snapshot of the bus's counters."""
+
+    #: Runs in the index now: running, in retry grace, or tracked from ingest.
+    live_runs: int
+    #: Open subscriptions.
+    subscribers: int
+    #: Events accepted for fan-out (agent, lifecycle, chat and gap events).
+    events_published: int
+    #: Events subscribers have read.
+    deliveries: int
+    #: Events lost to overflow policies or discarded on disconnect.
+    drops: int
+    #: Subscribers cut off as slow consumers.
+    disconnects: int
+    #: Ingested events dropped as duplicates.
+    duplicates: int
+    #: Runs claimed so far (a retry during the grace is not a new run).
+    runs_started: int
+    #: Body phases (and tracked runs) ended, by outcome status.
+    runs_by_outcome: Mapping[str, int]
+    #: Supervised tasks that failed with a bug (each was logged).
+    failures: int
+
+
+def _run_id(run_id: str | None) -> str:
+    if run_id is None:
+        return uuid.uuid4().hex
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise ValueError(f"run_id must be a non-blank str, not {run_id!r}")
+    return run_id
+
+
+def _buffer(buffer: int | None, default: int) -> int:
+    if buffer is None:
+        return default
+    if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+        raise ValueError(f"buffer must be a positive int, not {buffer!r}")
+    return buffer
+
+
+@attrs.define(eq=False)
+class Bus:
+    """The agent event bus. Open one with :func:`open_bus`."""
+
+    _core: BusCore
+    _subscribers: int = 0
+    _router_done: trio.Event = attrs.field(factory=trio.Event)
+    _closed: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def config(self) -> BusConfig:
+        return self._core.config
+
+    # ---- runs --------------------------------------------------------------------------------
+
+    async def start_run(
+        self, body: RunBody, *, run_id: str | None = None, context: RunContext | None = None
+    ) -> RunHandle:
+        """Run ``body(run)`` under the bus's supervision; return once its start is published.
+
+        A ``run_id`` whose run is in its retry grace resumes that run.
+        """
+        if not callable(body):
+            raise TypeError(f"body must be an async callable, not {body!r}")
+        run_id = _run_id(run_id)
+        self._core.check_open()
+        handle: RunHandle = await self._core.supervisor.start(
+            self._serve_body, body, run_id, context, name=f"run:{run_id}"
+        )
+        return handle
+
+    async def _serve_body(
+        self,
+        body: RunBody,
+        run_id: str,
+        context: RunContext | None,
+        *,
+        task_status: trio.TaskStatus[RunHandle],
+    ) -> None:
+        phase = BodyPhase(self._core, run_id, context, reraise=False)
+        async with phase as run:
+            task_status.started(phase.handle)
+            await body(run)
+
+    def run(
+        self, *, run_id: str | None = None, context: RunContext | None = None
+    ) -> AbstractAsyncContextManager[Run]:
+        """Make the calling task's ``async with`` block the body of a run.
+
+        An abort or idle timeout cancels the block (execution goes on after it); an exception
+        raised in the block ends the run as an error and then propagates.
+        """
+        return BodyPhase(self._core, _run_id(run_id), context, reraise=True)
+
+    async def emit(
+        self, run_id: str, stream: str, data: Any, *, session_key: str | None = None
+    ) -> Event:
+        """Emit into a live run from outside its body; :exc:`UnknownRun` if none is running."""
+        self._core.check_open()
+        return await emit(self._live(run_id), stream, data, session_key)
+
+    def abort(self, run_id: str, *, reason: str = "rpc") -> bool:
+        """Cancel a live run's body (or end its retry grace); False if no such live run."""
+        actor = self._core.runs.get(run_id)
+        return actor is not None and actor.abort(reason)
+
+    def update_context(self, run_id: str, **fields: Any) -> RunContext:
+        """Change only the given context fields of a live run; later events see the change."""
+        actor = self._live(run_id)
+        actor.context = actor.context.updated(**fields)
+        return actor.context
+
+    def _live(self, run_id: str) -> RunActor:
+        actor = self._core.runs.get(run_id)
+        if actor is None:
+            raise UnknownRun(f"no live run {run_id!r}")
+        return actor
+
+    # ---- ingest ------------------------------------------------------------------------------
+
+    async def ingest(self, event: Event | Mapping[str, Any]) -> bool:
+        """Take an event sequenced elsewhere; False if it was a duplicate and dropped.
+
+        Wire dicts are checked strictly (:exc:`InvalidEvent`, :exc:`EventTooLarge`). An event
+        for a run that is not live starts a tracked run, which counts against ``max_runs``.
+        """
+        core = self._core
+        if isinstance(event, Event):
+            event = checked_event(event)
+        else:
+            event = Event.from_wire(event, max_bytes=core.config.max_event_bytes)
+        core.check_open()
+        await core.wait_room(MAX_EVENTS_PER_EMIT)
+        # No await from here on: the room waited for above is still there.
+        core.check_open()
+        actor = core.runs.get(event.run_id)
+        if actor is None:
+            context = RunContext(session_key=event.session_key)
+            actor, _ = core.claim(event.run_id, context, Phase.TRACKING)
+            core.supervisor.start_soon(track_ingested, core, actor, name=f"ingest:{event.run_id}")
+        published = actor.publish_ingested(event)
+        if not published:
+            core.duplicates += 1
+        return published
+
+    # ---- subscribers -------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        *,
+        run_id: str | None = None,
+        session_key: str | None = None,
+        streams: Iterable[str] | None = None,
+        overflow: Overflow = Overflow.BLOCK,
+        buffer: int | None = None,
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """Subscribe to the events published from now on that match every filter given.
+
+        ``buffer`` defaults to ``subscriber_buffer``; ``overflow`` says what a full buffer does.
+        """
+        if not isinstance(overflow, Overflow):
+            raise TypeError(f"overflow must be an Overflow, not {overflow!r}")
+        accepts = event_filter(run_id, session_key, streams)
+        capacity = _buffer(buffer, self._core.config.subscriber_buffer)
+        return self._subscription(accepts, overflow, capacity)
+
+    @asynccontextmanager
+    async def _subscription(
+        self, accepts: Any, overflow: Overflow, capacity: int
+    ) -> AsyncIterator[Subscription]:
+        core = self._core
+        core.check_open()
+        if self._subscribers >= core.config.max_subscribers:
+            raise TooManySubscribers(
+                f"{core.config.max_subscribers} subscriptions are open (max_subscribers)"
+            )
+        timeout = core.config.block_timeout if overflow is Overflow.BLOCK else None
+        mailbox: Mailbox[Event] = Mailbox(capacity, overflow, timeout, is_droppable)
+        subscriber = core.router.subscribe(mailbox, accepts)
+        self._subscribers += 1
+        try:
+            yield Subscription(mailbox, core.router, subscriber)
+        finally:
+            self._subscribers -= 1
+            core.router.unsubscribe(subscriber)
+
+    # ---- state and shutdown ------------------------------------------------------------------
+
+    def statistics(self) -> BusStatistics:
+        core = self._core
+        routed = core.router.statistics()
+        return BusStatistics(
+            live_runs=len(core.runs),
+            subscribers=self._subscribers,
+            events_published=routed.published,
+            deliveries=routed.deliveries,
+            drops=routed.drops,
+            disconnects=routed.disconnects,
+            duplicates=core.duplicates,
+            runs_started=core.runs_started,
+            runs_by_outcome={status: core.outcomes[status] for status in OUTCOMES},
+            failures=core.supervisor.statistics().failed,
+        )
+
+    async def aclose(self) -> None:
+        """Close the bus: abort live runs (reason ``"shutdown"``), deliver their terminal
+        events, then end every subscription. Safe to call twice; shielded from cancellation,
+        bounded by ``shutdown_timeout`` for the runs and again for the router.
+        """
+        core = self._core
+        if core.closing:
+            await self._closed.wait()
+            return
+        core.closing = True
+        timeout = core.config.shutdown_timeout
+        with trio.CancelScope(shield=True):
+            for actor in list(core.runs.values()):
+                actor.abort("shutdown")
+            with trio.move_on_after(timeout):
+                await core.wait_all_ended()
+            core.router.close(BUS_CLOSED)
+            with trio.move_on_after(timeout):
+                await self._router_done.wait()
+        self._closed.set()
+
+    async def _serve_router(self, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await self._core.router.serve(task_status=task_status)
+        finally:
+            self._router_done.set()
+
+
+@asynccontextmanager
+async def open_bus(config: BusConfig | None = None) -> AsyncIterator[Bus]:
+    """Open an agent event bus whose tasks live in a nursery of its own.
+
+    Leaving the block closes the bus (see :meth:`Bus.aclose`).
+    """
+    if config is None:
+        config = BusConfig()
+    if not isinstance(config, BusConfig):
+        raise TypeError(f"config must be a BusConfig, not {config!r}")
+    async with open_supervisor(shutdown_timeout=config.shutdown_timeout, name="bus") as supervisor:
+        bus = Bus(_new_core(config, supervisor))
+        await supervisor.start(bus._serve_router, name="router")
+        try:
+            yield bus
+        finally:
+            await bus.aclose()
+
+
+def _new_core(config: BusConfig, supervisor: Supervisor) -> BusCore:
+    return BusCore(config, Router(config.router_buffer), supervisor)

@@ -1,0 +1,89 @@
+"""The bus's shared core: configuration, the router, the supervisor and the live-run index.
+
+Run actors and the bus facade both work through it. It holds no per-run state besides the
+index ``run id -> live actor``, whose size is the number of live runs, bounded by ``max_runs``.
+"""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from actors import Router, Supervisor
+
+from ._actor import Phase, RunActor
+from ._config import BusConfig, RunContext
+from ._errors import BusClosed, RunAlreadyActive, TooManyRuns
+from ._event import Event
+
+__all__ = ["OUTCOMES", "BusCore"]
+
+OUTCOMES = ("ok", "error", "aborted", "timeout")
+
+
+@attrs.define(eq=False)
+class BusCore:
+    config: BusConfig
+    router: Router[Event]
+    supervisor: Supervisor
+    #: The only index of runs: live run id -> live actor.
+    runs: dict[str, RunActor] = attrs.field(factory=dict)
+    closing: bool = False
+    runs_started: int = 0
+    outcomes: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    duplicates: int = 0
+    _all_ended: trio.Event = attrs.field(factory=trio.Event)
+
+    def check_open(self) -> None:
+        if self.closing:
+            raise BusClosed("the bus is closed")
+
+    def claim(self, run_id: str, context: RunContext | None, phase: Phase) -> tuple[RunActor, bool]:
+        """The actor for a new run, or the one in retry grace under ``run_id`` (True).
+
+        Raises :exc:`BusClosed`, :exc:`RunAlreadyActive` or :exc:`TooManyRuns`.
+        """
+        self.check_open()
+        actor = self.runs.get(run_id)
+        if actor is not None:
+            if actor.phase is not Phase.GRACE or phase is not Phase.RUNNING:
+                raise RunAlreadyActive(f"run {run_id!r} is live")
+            actor.phase = Phase.RUNNING
+            actor.failure = None
+            if context is not None:
+                actor.context = context
+            actor.wake()
+            return actor, True
+        if len(self.runs) >= self.config.max_runs:
+            raise TooManyRuns(f"{self.config.max_runs} runs are live (max_runs)")
+        actor = RunActor(run_id, context or RunContext(), self, phase)
+        self.runs[run_id] = actor
+        self.runs_started += 1
+        return actor, False
+
+    def forget(self, actor: RunActor) -> None:
+        if self.runs.get(actor.id) is actor:
+            del self.runs[actor.id]
+        if self.closing and not self.runs:
+            self._all_ended.set()
+
+    def record(self, status: str) -> None:
+        self.outcomes[status] += 1
+
+    def publish(self, event: Event) -> None:
+        """Queue ``event`` for the router; callers have made sure there is room."""
+        try:
+            self.router.publish_nowait(event)
+        except trio.ClosedResourceError as exc:
+            raise BusClosed("the bus is closed") from exc
+
+    async def wait_room(self, count: int) -> None:
+        """Wait until the router's inbox takes ``count`` events without waiting."""
+        try:
+            await self.router.wait_free(count)
+        except trio.ClosedResourceError as exc:
+            raise BusClosed("the bus is closed") from exc
+
+    async def wait_all_ended(self) -> None:
+        if self.runs:
+            await self._all_ended.wait()

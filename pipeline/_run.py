@@ -1,0 +1,323 @@
+"""Runs as the user sees them (``Run``, ``RunHandle``, ``RunOutcome``) and the tasks behind them.
+
+A run's life is a sequence of stretches, each owned by one task:
+
+- a *body phase* (:class:`BodyPhase`): from the lifecycle start to the terminal event, in the
+  task running the body: a supervised task for ``Bus.start_run``, the caller's own task for
+  ``async with Bus.run()``;
+- a *retry grace* (:func:`keep_for_retry`): after a body failed, a supervised task keeps the
+  state for ``error_retry_grace`` so a retry under the same id resumes it;
+- *tracking* (:func:`track_ingested`): for runs known only from ``Bus.ingest``.
+
+Whichever stretch is last releases the run's state in its ``finally``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from ._actor import MAX_EVENTS_PER_EMIT, MAX_TERMINAL_EVENTS, Phase, RunActor, epoch_ms
+from ._config import RunContext
+from ._core import BusCore
+from ._errors import BusClosed, UnknownRun
+from ._event import Event
+
+__all__ = ["BodyPhase", "Run", "RunHandle", "RunOutcome", "keep_for_retry", "track_ingested"]
+
+_log = logging.getLogger("pipeline.run")
+
+#: The error text of a run ended by ``run_idle_timeout``.
+IDLE_TIMEOUT_ERROR = "run idle timeout"
+
+Status = Literal["ok", "error", "aborted", "timeout"]
+RunBody = Callable[["Run"], Awaitable[object]]
+
+
+@attrs.frozen
+class RunOutcome:
+    """How one body phase of a run ended."""
+
+    run_id: str
+    status: Status
+    #: ``str(exc)`` for ``"error"``; the abort reason for ``"aborted"``; ``None`` otherwise.
+    error: str | None
+    #: Seq of the last agent event the run published (its terminal lifecycle event).
+    last_seq: int
+    #: Epoch milliseconds.
+    started_at: int
+    ended_at: int
+
+
+@attrs.define(eq=False)
+class Run:
+    """The body's side of a run: emit events into it, change its context.
+
+    It is valid only while its body runs; afterwards its methods raise :exc:`UnknownRun`.
+    """
+
+    _actor: RunActor
+    _phase: BodyPhase
+
+    @property
+    def id(self) -> str:
+        return self._actor.id
+
+    @property
+    def context(self) -> RunContext:
+        return self._actor.context
+
+    async def emit(self, stream: str, data: Any, *, session_key: str | None = None) -> Event:
+        """Publish one event; waits only while the router's inbox is full."""
+        self._phase.check_active()
+        return await emit(self._actor, stream, data, session_key)
+
+    def emit_nowait(self, stream: str, data: Any, *, session_key: str | None = None) -> Event:
+        """Publish one event; :exc:`trio.WouldBlock` if the router's inbox is full."""
+        self._phase.check_active()
+        return emit_nowait(self._actor, stream, data, session_key)
+
+    def update_context(self, **fields: Any) -> RunContext:
+        """Change only the given context fields; later events see the change."""
+        self._phase.check_active()
+        self._actor.context = self._actor.context.updated(**fields)
+        return self._actor.context
+
+    def set_stop_reason(self, reason: str | None) -> None:
+        """The ``stopReason`` the end event (and the chat final) will carry."""
+        self._phase.check_active()
+        self._actor.end_reason = reason
+
+
+async def emit(actor: RunActor, stream: object, data: object, session_key: object) -> Event:
+    """Validate, wait for room in the router's inbox if needed, and publish."""
+    stream, frozen = actor.checked_input(stream, data, session_key)
+    actor.check_running()
+    core = actor.core
+    if core.router.free() < MAX_EVENTS_PER_EMIT:
+        await core.wait_room(MAX_EVENTS_PER_EMIT)
+        actor.check_running()
+    return actor.publish_agent(stream, frozen, session_key)  # type: ignore[arg-type]
+
+
+def emit_nowait(actor: RunActor, stream: object, data: object, session_key: object) -> Event:
+    stream, frozen = actor.checked_input(stream, data, session_key)
+    actor.check_running()
+    if actor.core.router.free() < MAX_EVENTS_PER_EMIT:
+        raise trio.WouldBlock
+    return actor.publish_agent(stream, frozen, session_key)  # type: ignore[arg-type]
+
+
+@attrs.define(eq=False)
+class RunHandle:
+    """The starter's side of one body phase: abort it, wait for its outcome."""
+
+    id: str
+    _actor: RunActor | None
+    _done: trio.Event = attrs.field(factory=trio.Event)
+    _outcome: RunOutcome | None = None
+
+    def abort(self, reason: str = "rpc") -> bool:
+        """Cancel the body; False if it has already finished."""
+        if self._actor is None:
+            return False
+        return self._actor.abort(reason)
+
+    @property
+    def outcome(self) -> RunOutcome | None:
+        """The outcome once the body has finished, else ``None``."""
+        return self._outcome
+
+    async def wait(self) -> RunOutcome:
+        """Wait for the body to finish (not for a retry grace) and return its outcome."""
+        await self._done.wait()
+        assert self._outcome is not None
+        return self._outcome
+
+    def _finish(self, outcome: RunOutcome) -> None:
+        self._outcome = outcome
+        self._actor = None
+        self._done.set()
+
+
+@attrs.define(eq=False)
+class BodyPhase:
+    """One body's stretch of a run, as an async context manager around the body.
+
+    Entering claims the run (or resumes it from its retry grace) and publishes the lifecycle
+    start. Leaving publishes the terminal events under a shielded scope, then hands the state
+    to a retry grace or releases it. With ``reraise=False`` the body's own exception is
+    reported as the outcome and not propagated (``start_run``); with ``reraise=True`` it
+    propagates to the caller (``async with bus.run()``).
+    """
+
+    core: BusCore
+    run_id: str
+    context: RunContext | None
+    reraise: bool
+    actor: RunActor = attrs.field(init=False)
+    handle: RunHandle = attrs.field(init=False)
+    _scope: trio.CancelScope = attrs.field(init=False)
+    _active: bool = attrs.field(init=False, default=False)
+
+    def check_active(self) -> None:
+        if not self._active:
+            raise UnknownRun(f"run {self.run_id!r} has no running body")
+
+    async def __aenter__(self) -> Run:
+        core = self.core
+        core.check_open()
+        await core.wait_room(MAX_EVENTS_PER_EMIT)
+        # From here to the end of this method nothing awaits: the claim and the start event
+        # are one step, so the room waited for above is still there.
+        self.actor, _ = core.claim(self.run_id, self.context, Phase.RUNNING)
+        try:
+            self.actor.publish_start()
+        except BaseException:
+            self.actor.release()
+            raise
+        self.handle = RunHandle(self.run_id, self.actor)
+        self._active = True
+        self._scope = self.actor.open_scope()
+        self._scope.__enter__()
+        return Run(self.actor, self)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        actor, scope = self.actor, self._scope
+        try:
+            remaining = None if scope.__exit__(exc_type, exc, tb) else exc
+        except BaseException as transformed:
+            remaining = transformed
+        actor.close_scope()
+        self._active = False
+        status, error, kind = _classify(remaining, scope, actor)
+        keep = (
+            status == "error" and self.core.config.error_retry_grace > 0 and not self.core.closing
+        )
+        try:
+            ended_at = epoch_ms()
+            await _publish_shielded(
+                self.core, lambda: _publish_terminal(actor, status, error, kind, ended_at, keep)
+            )
+            outcome = RunOutcome(
+                actor.id, status, error, actor.last_seq, actor.started_at, ended_at
+            )
+            self.core.record(status)
+            self.handle._finish(outcome)
+        finally:
+            if keep:
+                actor.phase = Phase.GRACE
+                actor.arm_wakeup()
+                self.core.supervisor.start_soon(
+                    keep_for_retry, self.core, actor, name=f"grace:{actor.id}"
+                )
+            else:
+                actor.release()
+        if remaining is None:
+            return exc is not None
+        if isinstance(remaining, Exception) and not self.reraise:
+            return True
+        if remaining is not exc:
+            raise remaining
+        return False
+
+
+def _classify(
+    exc: BaseException | None, scope: trio.CancelScope, actor: RunActor
+) -> tuple[Status, str | None, str]:
+    """The outcome status, error text and error kind of a body that left with ``exc``."""
+    if exc is None:
+        if scope.cancelled_caught:
+            if actor.stop_reason is not None:
+                return "aborted", actor.stop_reason, "aborted"
+            return "timeout", IDLE_TIMEOUT_ERROR, "timeout"
+        return "ok", None, ""
+    if isinstance(exc, Exception):
+        return "error", str(exc) or type(exc).__name__, type(exc).__name__
+    # Cancelled from outside (its owner nursery is going away) or KeyboardInterrupt.
+    return "aborted", actor.stop_reason or "cancelled", "aborted"
+
+
+def _publish_terminal(
+    actor: RunActor, status: Status, error: str | None, kind: str, ended_at: int, keep: bool
+) -> None:
+    if status == "ok":
+        actor.publish_end(ended_at)
+    elif status == "aborted":
+        actor.publish_aborted(error or "aborted", ended_at)
+    else:
+        actor.publish_error(error or status, kind, ended_at)
+        if not keep:
+            actor.publish_chat_error()
+
+
+async def _publish_shielded(core: BusCore, publish: Callable[[], None]) -> None:
+    """Publish cleanup events even while being cancelled, within ``shutdown_timeout``."""
+    with trio.CancelScope(shield=True) as cleanup:
+        cleanup.deadline = trio.current_time() + core.config.shutdown_timeout
+        try:
+            await core.wait_room(MAX_TERMINAL_EVENTS)
+            publish()
+            return
+        except BusClosed:
+            pass
+    _log.warning("terminal events could not be published: the router is closed or stuck")
+
+
+async def keep_for_retry(core: BusCore, actor: RunActor) -> None:
+    """Keep a failed run's state for ``error_retry_grace``; a retry under its id resumes it.
+
+    If the grace expires (or the run is aborted, or the bus closes), the chat error goes out
+    and the state is released.
+    """
+    try:
+        with trio.move_on_after(core.config.error_retry_grace):
+            await actor.wait_woken()
+    finally:
+        if actor.phase is Phase.GRACE:
+            try:
+                await _publish_shielded(core, actor.publish_chat_error)
+            finally:
+                actor.release()
+
+
+async def track_ingested(core: BusCore, actor: RunActor) -> None:
+    """Own a run known only from ingested events, until its terminal event or idle timeout."""
+    status: Status = "timeout"
+    try:
+        with actor.open_scope() as scope:
+            await actor.wait_woken()
+        actor.close_scope()
+        terminal = actor.tracked_terminal
+        if terminal is not None:
+            status = _tracked_status(terminal)
+        else:
+            ended_at = epoch_ms()
+            if actor.stop_reason is not None:
+                status = "aborted"
+                await _publish_shielded(
+                    core, lambda: actor.publish_aborted(actor.stop_reason or "aborted", ended_at)
+                )
+            elif scope.cancelled_caught:
+                await _publish_shielded(
+                    core, lambda: actor.publish_error(IDLE_TIMEOUT_ERROR, "timeout", ended_at)
+                )
+    finally:
+        core.record(status)
+        actor.release()
+
+
+def _tracked_status(terminal: Any) -> Status:
+    if terminal.get("phase") == "end":
+        return "aborted" if terminal.get("aborted") else "ok"
+    return "timeout" if terminal.get("errorKind") == "timeout" else "error"

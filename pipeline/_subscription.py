@@ -1,0 +1,121 @@
+"""Subscriptions: a filtered, bounded view of the bus's events for one reader."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from types import MappingProxyType
+
+import attrs
+import trio
+
+from actors import Dropped, Mailbox, Router, Subscriber
+
+from ._actor import epoch_ms
+from ._event import DROPPED_STREAM, Event
+
+__all__ = ["Subscription", "SubscriptionStatistics", "event_filter"]
+
+#: ``closed_reason`` once the bus has closed and every queued event was read.
+BUS_CLOSED = "bus closed"
+
+
+@attrs.frozen
+class SubscriptionStatistics:
+    """A snapshot of one subscription's counters."""
+
+    #: Events this subscriber has read (drop markers not included).
+    delivered: int
+    #: Events lost to its overflow policy (each reported by a ``dropped`` marker) or discarded
+    #: when it was disconnected.
+    dropped: int
+    #: Events waiting to be read.
+    queued: int
+
+
+@attrs.define(eq=False)
+class Subscription:
+    """An async iterator of the events that match one subscriber's filter.
+
+    After a loss, the next item read is an :class:`Event` with stream ``"dropped"``, run id
+    ``""``, seq 0 and ``data={"count": n}``. Iteration ends when the bus closes (after the
+    last queued event) or when the subscriber is disconnected as a slow consumer; then
+    :attr:`closed_reason` says which. Reading awaits only when nothing is queued.
+    """
+
+    _mailbox: Mailbox[Event]
+    _router: Router[Event]
+    _subscriber: Subscriber[Event]
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        mailbox = self._mailbox
+        try:
+            try:
+                item = mailbox.receive_nowait()
+            except trio.WouldBlock:
+                item = await mailbox.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        if type(item) is Dropped:
+            return _dropped_marker(item.count)
+        return item  # type: ignore[return-value]  # the only other item type is Event
+
+    async def receive(self) -> Event:
+        """The next event; :exc:`trio.EndOfChannel` once the subscription has ended."""
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            raise trio.EndOfChannel from None
+
+    def receive_nowait(self) -> Event:
+        """The next event if one is queued, else :exc:`trio.WouldBlock`."""
+        item = self._mailbox.receive_nowait()
+        if type(item) is Dropped:
+            return _dropped_marker(item.count)
+        return item  # type: ignore[return-value]
+
+    @property
+    def closed_reason(self) -> str | None:
+        """``None`` while open, ``"slow consumer"`` or ``"bus closed"`` once ended."""
+        return self._mailbox.closed_reason
+
+    def statistics(self) -> SubscriptionStatistics:
+        stats = self._mailbox.statistics()
+        return SubscriptionStatistics(
+            delivered=stats.received, dropped=stats.dropped, queued=stats.queued
+        )
+
+    def _detach(self) -> None:
+        self._router.unsubscribe(self._subscriber)
+
+
+def _dropped_marker(count: int) -> Event:
+    return Event("", 0, DROPPED_STREAM, epoch_ms(), MappingProxyType({"count": count}), None)
+
+
+def event_filter(
+    run_id: str | None, session_key: str | None, streams: Iterable[str] | None
+) -> Callable[[Event], bool] | None:
+    """The router-side filter for a subscription; ``None`` when it takes every event."""
+    if isinstance(streams, str):
+        raise TypeError("streams must be a collection of stream names, not one str")
+    wanted = None if streams is None else frozenset(streams)
+    if wanted is not None and not all(isinstance(s, str) for s in wanted):
+        raise TypeError("streams must contain only str")
+    if run_id is None and session_key is None and wanted is None:
+        return None
+    if run_id is None and wanted is None:
+        return lambda event: event.session_key == session_key
+    if session_key is None and wanted is None:
+        return lambda event: event.run_id == run_id
+
+    def accepts(event: Event) -> bool:
+        return (
+            (run_id is None or event.run_id == run_id)
+            and (session_key is None or event.session_key == session_key)
+            and (wanted is None or event.stream in wanted)
+        )
+
+    return accepts
