@@ -1,0 +1,98 @@
+"""Helpers for testing your own agent code against the bus (under pytest-trio or plain trio).
+
+Typical use, with the ``agent_bus`` fixture from :mod:`pipeline.pytest_plugin`::
+
+    async def test_my_agent_says_hello(agent_bus):
+        outcome, events = await run_and_collect(agent_bus, my_agent, run_id="r1")
+        assert outcome.status == "ok"
+        assert texts(events) == ["Hello"]
+
+Nothing here waits for ever on its own: wrap calls in ``trio.fail_after`` in tests that could
+hang, as with any trio code.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from ._bus import Bus
+from ._config import RunContext
+from ._event import DROPPED_STREAM, LIFECYCLE, Event
+from ._run import RunBody, RunOutcome
+from ._subscription import Subscription
+
+__all__ = ["collect_run", "collect_until", "drain", "is_terminal", "run_and_collect", "texts"]
+
+
+def is_terminal(event: Event) -> bool:
+    """Whether ``event`` is a terminal lifecycle event (``end`` or ``error``)."""
+    return event.stream == LIFECYCLE and event.data.get("phase") in ("end", "error")
+
+
+async def collect_until(sub: Subscription, predicate: Callable[[Event], bool]) -> list[Event]:
+    """Read events until one satisfies ``predicate`` (included) or the subscription ends."""
+    events: list[Event] = []
+    async for event in sub:
+        events.append(event)
+        if predicate(event):
+            break
+    return events
+
+
+async def collect_run(sub: Subscription, run_id: str) -> list[Event]:
+    """Read one run's events up to and including its terminal lifecycle event.
+
+    Other runs' events are skipped; ``dropped`` markers are kept, so losses stay visible.
+    Chat events that follow the terminal event (``final``, ``aborted``) are read too when they
+    are already queued, since they belong to the same step of the run.
+    """
+    events = await collect_until(
+        sub, lambda event: event.run_id == run_id and is_terminal(event)
+    )
+    kept = [e for e in events if e.run_id == run_id or e.stream == DROPPED_STREAM]
+    if kept and is_terminal(kept[-1]):
+        kept.extend(_queued_chat_after(sub, run_id, kept[-1].seq))
+    return kept
+
+
+def _queued_chat_after(sub: Subscription, run_id: str, seq: int) -> list[Event]:
+    trailing: list[Event] = []
+    while sub.statistics().queued:
+        event = sub.receive_nowait()
+        trailing.append(event)
+        if not (event.run_id == run_id and event.seq == seq):
+            break
+    return [e for e in trailing if e.run_id == run_id and e.seq == seq]
+
+
+async def drain(sub: Subscription) -> list[Event]:
+    """Read every event until the subscription ends (for example when the bus closes)."""
+    return [event async for event in sub]
+
+
+async def run_and_collect(
+    bus: Bus,
+    body: RunBody,
+    *,
+    run_id: str | None = None,
+    context: RunContext | None = None,
+) -> tuple[RunOutcome, list[Event]]:
+    """Start ``body`` as a run and return its outcome and every event it published."""
+    if run_id is None:
+        run_id = uuid.uuid4().hex
+    async with bus.subscribe(run_id=run_id, buffer=max(bus.config.subscriber_buffer, 1024)) as sub:
+        handle = await bus.start_run(body, run_id=run_id, context=context)
+        events = await collect_run(sub, run_id)
+        return await handle.wait(), events
+
+
+def texts(events: list[Event], stream: str = "assistant") -> list[str]:
+    """The ``delta`` (else ``text``) strings of ``stream`` events, in order."""
+    out: list[str] = []
+    for event in events:
+        if event.stream == stream:
+            piece = event.data.get("delta", event.data.get("text"))
+            if isinstance(piece, str):
+                out.append(piece)
+    return out
