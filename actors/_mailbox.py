@@ -86,7 +86,7 @@ def _check_timeout(
         raise ValueError(f"{attribute.name} must be a positive number or None, not {value!r}")
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class Mailbox(Generic[T]):
     """A bounded single-receiver queue with an overflow policy and in-band drop markers.
 
@@ -104,6 +104,9 @@ class Mailbox(Generic[T]):
     _queue: deque[T] = attrs.field(init=False, factory=deque)
     _readers: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
     _writers: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
+    # How many tasks are parked in each lot: an int is cheaper to test than the lot itself.
+    _waiting_readers: int = attrs.field(init=False, default=0)
+    _waiting_writers: int = attrs.field(init=False, default=0)
     _open: bool = attrs.field(init=False, default=True)
     _closed_reason: str | None = attrs.field(init=False, default=None)
     _unreported_drops: int = attrs.field(init=False, default=0)
@@ -152,8 +155,8 @@ class Mailbox(Generic[T]):
         if len(queue) >= self.capacity and not self._make_room(item):
             return
         queue.append(item)
-        if self._readers:
-            self._readers.unpark()
+        if self._waiting_readers:
+            self._wake_reader()
 
     async def send(self, item: T) -> None:
         """Put ``item`` in; under ``BLOCK``, wait up to ``block_timeout`` for space.
@@ -183,7 +186,12 @@ class Mailbox(Generic[T]):
         if count > self.capacity:
             raise ValueError(f"cannot wait for {count} free slots in a mailbox of {self.capacity}")
         while self._open and len(self._queue) > self.capacity - count:
-            await self._writers.park()
+            self._waiting_writers += 1
+            try:
+                await self._writers.park()
+            except BaseException:
+                self._waiting_writers -= 1  # cancelled while parked, so nobody woke it
+                raise
         if not self._open:
             raise trio.ClosedResourceError(self._closed_reason or "mailbox closed")
 
@@ -221,8 +229,8 @@ class Mailbox(Generic[T]):
     def _count_drop(self) -> None:
         self._dropped += 1
         self._unreported_drops += 1
-        if self._readers:
-            self._readers.unpark()
+        if self._waiting_readers:
+            self._wake_reader()
 
     # ---- receiving ---------------------------------------------------------------------------
 
@@ -239,8 +247,8 @@ class Mailbox(Generic[T]):
         if self._queue:
             self._received += 1
             item = self._queue.popleft()
-            if self._writers:
-                self._writers.unpark()
+            if self._waiting_writers:
+                self._wake_writers(1)
             return item
         if self._open:
             raise trio.WouldBlock
@@ -252,7 +260,7 @@ class Mailbox(Generic[T]):
         It returns without yielding when an item is ready.
         """
         while self._open and not self._queue and not self._unreported_drops:
-            await self._readers.park()
+            await self._park_reader()
         return self.receive_nowait()
 
     def take_nowait(self, limit: int) -> list[T]:
@@ -265,16 +273,33 @@ class Mailbox(Generic[T]):
         count = min(limit, len(queue))
         batch = [queue.popleft() for _ in range(count)]
         self._received += count
-        if count and self._writers:
-            self._writers.unpark_all()
+        if count and self._waiting_writers:
+            self._wake_writers(count)
         return batch
 
     async def wait_readable(self) -> None:
         """Wait until an item is queued; raise :exc:`trio.EndOfChannel` once closed and drained."""
         while self._open and not self._queue:
-            await self._readers.park()
+            await self._park_reader()
         if not self._queue:
             raise trio.EndOfChannel
+
+    # A parked task is either woken (and the waker uncounts it) or cancelled (and it uncounts
+    # itself): trio never does both to one park.
+
+    async def _park_reader(self) -> None:
+        self._waiting_readers += 1
+        try:
+            await self._readers.park()
+        except BaseException:
+            self._waiting_readers -= 1
+            raise
+
+    def _wake_reader(self) -> None:
+        self._waiting_readers -= len(self._readers.unpark())
+
+    def _wake_writers(self, count: int) -> None:
+        self._waiting_writers -= len(self._writers.unpark(count=count))
 
     # ---- closing -----------------------------------------------------------------------------
 
@@ -286,8 +311,8 @@ class Mailbox(Generic[T]):
         if self._open:
             self._open = False
             self._closed_reason = reason
-        self._readers.unpark_all()
-        self._writers.unpark_all()
+        self._waiting_readers -= len(self._readers.unpark_all())
+        self._waiting_writers -= len(self._writers.unpark_all())
 
     def disconnect(self, reason: str) -> None:
         """Close at once and discard what is queued (counted as dropped): the receiver is gone.

@@ -53,7 +53,7 @@ class RouterStatistics:
     subscribers: int
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class Subscriber(Generic[T]):
     """One attachment to a router: a filter and the mailbox items go to."""
 
@@ -64,7 +64,7 @@ class Subscriber(Generic[T]):
     starts_at: int = 0
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class Router(Generic[T]):
     """Fans items from a bounded inbox out to filtered subscribers' mailboxes.
 

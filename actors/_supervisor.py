@@ -38,7 +38,7 @@ class SupervisorStatistics:
     failed: int
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class Supervisor:
     """Runs children in a nursery it owns; a failing child is reported, not propagated.
 
@@ -115,7 +115,7 @@ class Supervisor:
         self.logger.exception("%s: child %r failed; its siblings go on", self.name, name)
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class _TrackedStatus:
     """A task status that remembers whether ``started()`` was called."""
 

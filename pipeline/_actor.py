@@ -59,7 +59,7 @@ class Phase(enum.Enum):
     ENDED = "ended"
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class RunActor:
     """The state of one live run."""
 

@@ -65,7 +65,7 @@ def _buffer(buffer: int | None, default: int) -> int:
     return buffer
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class Bus:
     """The agent event bus. Open one with :func:`open_bus`."""
 

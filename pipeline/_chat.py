@@ -55,7 +55,7 @@ def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-@attrs.define
+@attrs.define(on_setattr=attrs.setters.NO_OP)
 class ChatProjection:
     """Merged chat state of one run, and the chat payloads its events call for.
 

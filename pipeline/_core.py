@@ -21,7 +21,7 @@ __all__ = ["OUTCOMES", "BusCore"]
 OUTCOMES = ("ok", "error", "aborted", "timeout")
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class BusCore:
     config: BusConfig
     router: Router[Event]

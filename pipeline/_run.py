@@ -54,7 +54,7 @@ class RunOutcome:
     ended_at: int
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class Run:
     """The body's side of a run: emit events into it, change its context.
 
@@ -113,7 +113,7 @@ def emit_nowait(actor: RunActor, stream: object, data: object, session_key: obje
     return actor.publish_agent(stream, frozen, session_key)  # type: ignore[arg-type]
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class RunHandle:
     """The starter's side of one body phase: abort it, wait for its outcome."""
 
@@ -145,7 +145,7 @@ class RunHandle:
         self._done.set()
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class BodyPhase:
     """One body's stretch of a run, as an async context manager around the body.
 

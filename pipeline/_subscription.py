@@ -32,7 +32,7 @@ class SubscriptionStatistics:
     queued: int
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class Subscription:
     """An async iterator of the events that match one subscriber's filter.
 

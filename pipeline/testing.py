@@ -47,9 +47,7 @@ async def collect_run(sub: Subscription, run_id: str) -> list[Event]:
     Chat events that follow the terminal event (``final``, ``aborted``) are read too when they
     are already queued, since they belong to the same step of the run.
     """
-    events = await collect_until(
-        sub, lambda event: event.run_id == run_id and is_terminal(event)
-    )
+    events = await collect_until(sub, lambda event: event.run_id == run_id and is_terminal(event))
     kept = [e for e in events if e.run_id == run_id or e.stream == DROPPED_STREAM]
     if kept and is_terminal(kept[-1]):
         kept.extend(_queued_chat_after(sub, run_id, kept[-1].seq))
