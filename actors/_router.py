@@ -171,7 +171,7 @@ class Router(Generic[T]):
                 if len(inbox):
                     await trio.lowlevel.checkpoint()
         finally:
-            self._close_all(self._close_reason or "router closed")
+            self.close_subscribers(self._close_reason or "router closed")
 
     async def _route(self, item: T) -> None:
         if self._pending:
@@ -201,7 +201,13 @@ class Router(Generic[T]):
             self._pending = [s for s in self._pending if s.starts_at > self._routed]
             self._active += tuple(ready)
 
-    def _close_all(self, reason: str) -> None:
+    def close_subscribers(self, reason: str) -> None:
+        """Close every subscriber's mailbox now, without waiting for the inbox to drain.
+
+        Readers still get what is queued for them, then the end. A router blocked on a full
+        mailbox stops waiting; items still in the inbox reach no one. For shutdowns that
+        cannot wait any longer.
+        """
         for subscriber in (*self._active, *self._pending):
             subscriber.mailbox.close(reason)
 

@@ -232,7 +232,9 @@ class Bus:
     async def aclose(self) -> None:
         """Close the bus: abort live runs (reason ``"shutdown"``), deliver their terminal
         events, then end every subscription. Safe to call twice; shielded from cancellation,
-        bounded by ``shutdown_timeout`` for the runs and again for the router.
+        bounded by ``shutdown_timeout`` for the runs and again for the router. If the router
+        has not delivered everything by then (a full ``BLOCK`` subscriber holds it), every
+        subscription is ended anyway, and what was still queued in the router is not delivered.
         """
         core = self._core
         if core.closing:
@@ -248,6 +250,9 @@ class Bus:
             core.router.close(BUS_CLOSED)
             with trio.move_on_after(timeout):
                 await self._router_done.wait()
+            if not self._router_done.is_set():
+                # The router is stuck on a full BLOCK subscriber: end every subscription anyway.
+                core.router.close_subscribers(BUS_CLOSED)
         self._closed.set()
 
     async def _serve_router(self, *, task_status: trio.TaskStatus[None]) -> None:
