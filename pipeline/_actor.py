@@ -76,6 +76,8 @@ class RunActor:
     end_reason: str | None = None
     #: The failure kept through the retry grace: (message, kind).
     failure: tuple[str, str] | None = None
+    #: Counts the run's retry graces, so a keeper acts only on its own grace.
+    grace_generation: int = 0
     #: The terminal lifecycle data seen by a tracked run.
     tracked_terminal: Mapping[str, Any] | None = None
     _scope: trio.CancelScope | None = None
@@ -124,9 +126,15 @@ class RunActor:
     def wake(self) -> None:
         self._wakeup.set()
 
-    def arm_wakeup(self) -> None:
-        """Start a new wait: later :meth:`wake` or :meth:`abort` calls end it."""
+    def enter_grace(self) -> int:
+        """Keep the state for a retry; returns this grace's generation."""
+        self.phase = Phase.GRACE
+        self.grace_generation += 1
         self._wakeup = trio.Event()
+        return self.grace_generation
+
+    def in_grace(self, generation: int) -> bool:
+        return self.phase is Phase.GRACE and self.grace_generation == generation
 
     async def wait_woken(self) -> None:
         await self._wakeup.wait()
@@ -134,8 +142,11 @@ class RunActor:
     # ---- agent events ------------------------------------------------------------------------
 
     def check_running(self) -> None:
+        """:exc:`UnknownRun` unless a body is running and not being stopped."""
         if self.phase is not Phase.RUNNING:
             raise UnknownRun(f"run {self.id!r} has no running body")
+        if self.stop_reason is not None:
+            raise UnknownRun(f"run {self.id!r} is being stopped ({self.stop_reason})")
 
     @staticmethod
     def checked_input(
@@ -209,7 +220,14 @@ class RunActor:
                 self._publish_chat(payload, event.seq, event.ts)
 
     def publish_aborted(self, reason: str, ended_at: int) -> None:
-        event = self.publish_agent(
+        """The chat ``aborted`` with the partial text, then the terminal lifecycle event.
+
+        The chat event carries the seq of the lifecycle event it announces.
+        """
+        if self.session_key_for(None) is not None:
+            payload = self._chat_projection().aborted(reason, ended_at)
+            self._publish_chat(payload, self.last_seq + 1, ended_at)
+        self.publish_agent(
             LIFECYCLE,
             {
                 "phase": "end",
@@ -219,10 +237,6 @@ class RunActor:
                 "endedAt": ended_at,
             },
         )
-        if self.session_key_for(None) is not None:
-            self._publish_chat(
-                self._chat_projection().aborted(reason, event.ts), event.seq, event.ts
-            )
 
     def publish_error(self, message: str, kind: str, ended_at: int) -> None:
         """The lifecycle error; the chat error waits for :meth:`publish_chat_error`."""

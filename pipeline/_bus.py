@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -193,7 +193,7 @@ class Bus:
 
     @asynccontextmanager
     async def _subscription(
-        self, accepts: Any, overflow: Overflow, capacity: int
+        self, accepts: Callable[[Event], bool] | None, overflow: Overflow, capacity: int
     ) -> AsyncIterator[Subscription]:
         core = self._core
         core.check_open()

@@ -28,16 +28,14 @@ def merge_text(previous: str, text: str | None, delta: str | None) -> str:
     - a new ``text`` that the previous text already extends, sent without a delta, is stale;
     - otherwise the ``delta`` is appended without the part that overlaps the end of the text.
     """
-    if text and previous:
-        if text.startswith(previous):
+    if text:
+        if text.startswith(previous):  # also when nothing was seen yet
             return text
         if previous.startswith(text) and not delta:
             return previous
     if delta:
         return _append_unique_suffix(previous, delta)
-    if text:
-        return text
-    return previous
+    return text or previous
 
 
 def _append_unique_suffix(base: str, suffix: str) -> str:

@@ -9,7 +9,6 @@ checks everything. An ``Event`` handed to ``Bus.ingest`` is checked the same way
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -156,8 +155,3 @@ def is_droppable(event: Event) -> bool:
     if stream in _PHASED_STREAMS:
         return event.data.get("phase") not in _KEPT_PHASES
     return False
-
-
-def finite_ms(seconds: float) -> int:
-    """Epoch seconds to whole milliseconds."""
-    return math.floor(seconds * 1000)

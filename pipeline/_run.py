@@ -97,6 +97,9 @@ class Run:
 async def emit(actor: RunActor, stream: object, data: object, session_key: object) -> Event:
     """Validate, wait for room in the router's inbox if needed, and publish."""
     stream, frozen = actor.checked_input(stream, data, session_key)
+    if actor.stop_reason is not None:
+        # Called from the body being aborted: deliver the cancellation here rather than publish.
+        await trio.lowlevel.checkpoint()
     actor.check_running()
     core = actor.core
     if core.router.free() < MAX_EVENTS_PER_EMIT:
@@ -215,11 +218,10 @@ class BodyPhase:
             self.core.record(status)
             self.handle._finish(outcome)
         finally:
-            if keep:
-                actor.phase = Phase.GRACE
-                actor.arm_wakeup()
+            if keep and not self.core.closing:
+                generation = actor.enter_grace()
                 self.core.supervisor.start_soon(
-                    keep_for_retry, self.core, actor, name=f"grace:{actor.id}"
+                    keep_for_retry, self.core, actor, generation, name=f"grace:{actor.id}"
                 )
             else:
                 actor.release()
@@ -274,7 +276,7 @@ async def _publish_shielded(core: BusCore, publish: Callable[[], None]) -> None:
     _log.warning("terminal events could not be published: the router is closed or stuck")
 
 
-async def keep_for_retry(core: BusCore, actor: RunActor) -> None:
+async def keep_for_retry(core: BusCore, actor: RunActor, generation: int) -> None:
     """Keep a failed run's state for ``error_retry_grace``; a retry under its id resumes it.
 
     If the grace expires (or the run is aborted, or the bus closes), the chat error goes out
@@ -284,7 +286,7 @@ async def keep_for_retry(core: BusCore, actor: RunActor) -> None:
         with trio.move_on_after(core.config.error_retry_grace):
             await actor.wait_woken()
     finally:
-        if actor.phase is Phase.GRACE:
+        if actor.in_grace(generation):  # else a retry took the run over
             try:
                 await _publish_shielded(core, actor.publish_chat_error)
             finally:
