@@ -8,6 +8,7 @@ from ._mailbox import Dropped as Dropped
 from ._mailbox import Mailbox as Mailbox
 from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._mailbox import Overflow as Overflow
+from ._router import SUBSCRIBER_FAILED as SUBSCRIBER_FAILED
 from ._router import Router as Router
 from ._router import RouterStatistics as RouterStatistics
 from ._router import Subscriber as Subscriber
@@ -17,6 +18,7 @@ from ._supervisor import open_supervisor as open_supervisor
 
 __all__ = [
     "SLOW_CONSUMER",
+    "SUBSCRIBER_FAILED",
     "Dropped",
     "Mailbox",
     "MailboxStatistics",

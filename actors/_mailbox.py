@@ -185,6 +185,7 @@ class Mailbox(Generic[T]):
         """
         if count > self.capacity:
             raise ValueError(f"cannot wait for {count} free slots in a mailbox of {self.capacity}")
+        woken = False
         while self._open and len(self._queue) > self.capacity - count:
             self._waiting_writers += 1
             try:
@@ -192,6 +193,11 @@ class Mailbox(Generic[T]):
             except BaseException:
                 self._waiting_writers -= 1  # cancelled while parked, so nobody woke it
                 raise
+            woken = True
+        if woken and self._waiting_writers and len(self._queue) < self.capacity:
+            # Pass the turn on: this task was woken for a slot but need not use it. If it does,
+            # the next writer finds no room and parks again: at most one spare wake per wake.
+            self._wake_writers(1)
         if not self._open:
             raise trio.ClosedResourceError(self._closed_reason or "mailbox closed")
 
