@@ -18,7 +18,8 @@ def test_the_readme_example_is_the_tested_file() -> None:
 
 async def test_the_readme_example_runs_to_completion() -> None:
     spec = importlib.util.spec_from_file_location("readme_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     with trio.fail_after(10):

@@ -1,4 +1,5 @@
 import trio
+
 import pipeline as pl
 
 
