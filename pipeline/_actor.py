@@ -82,6 +82,8 @@ class RunActor:
     tracked_terminal: Mapping[str, Any] | None = None
     _scope: trio.CancelScope | None = None
     _chat: ChatProjection | None = None
+    #: The session key the chat projection last published under (for its closing events).
+    _chat_key: str | None = None
     #: Woken on a retry or abort during the grace, and on a tracked run's terminal event.
     _wakeup: trio.Event = attrs.field(factory=trio.Event)
     _refreshed_at: float = -math.inf
@@ -182,6 +184,7 @@ class RunActor:
         if key is None:
             publish(event)
         else:
+            self._chat_key = key
             chat = self._chat_projection()
             before = chat.before(stream, data, ts)
             if before is not None:
@@ -198,8 +201,14 @@ class RunActor:
             self._chat = ChatProjection(self.core.config.chat_delta_interval)
         return self._chat
 
+    def _closing_chat_key(self) -> str | None:
+        """Where closing chat events go: the context's session, else the one the chat used."""
+        if not self.context.control_ui_visible:
+            return None
+        return self.context.session_key or self._chat_key
+
     def _publish_chat(self, payload: Mapping[str, Any] | None, seq: int, ts: int) -> None:
-        key = self.session_key_for(None)
+        key = self._closing_chat_key()
         if payload is not None and key is not None:
             self.core.publish(Event(self.id, seq, CHAT, ts, payload, key))
 
@@ -215,7 +224,7 @@ class RunActor:
         if self.end_reason is not None:
             data["stopReason"] = self.end_reason
         event = self.publish_agent(LIFECYCLE, data)
-        if self.session_key_for(None) is not None:
+        if self._closing_chat_key() is not None:
             for payload in self._chat_projection().final(self.end_reason, event.ts):
                 self._publish_chat(payload, event.seq, event.ts)
 
@@ -224,7 +233,7 @@ class RunActor:
 
         The chat event carries the seq of the lifecycle event it announces.
         """
-        if self.session_key_for(None) is not None:
+        if self._closing_chat_key() is not None:
             payload = self._chat_projection().aborted(reason, ended_at)
             self._publish_chat(payload, self.last_seq + 1, ended_at)
         self.publish_agent(

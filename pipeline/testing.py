@@ -43,25 +43,12 @@ async def collect_until(sub: Subscription, predicate: Callable[[Event], bool]) -
 async def collect_run(sub: Subscription, run_id: str) -> list[Event]:
     """Read one run's events up to and including its terminal lifecycle event.
 
-    Other runs' events are skipped; ``dropped`` markers are kept, so losses stay visible.
-    Chat events that follow the terminal event (``final``, ``aborted``) are read too when they
-    are already queued, since they belong to the same step of the run.
+    Other runs' events are read and skipped; ``dropped`` markers are kept, so losses stay
+    visible. Nothing after the terminal event is read: chat events that follow it (``final``,
+    ``error``) stay queued for the next read.
     """
     events = await collect_until(sub, lambda event: event.run_id == run_id and is_terminal(event))
-    kept = [e for e in events if e.run_id == run_id or e.stream == DROPPED_STREAM]
-    if kept and is_terminal(kept[-1]):
-        kept.extend(_queued_chat_after(sub, run_id, kept[-1].seq))
-    return kept
-
-
-def _queued_chat_after(sub: Subscription, run_id: str, seq: int) -> list[Event]:
-    trailing: list[Event] = []
-    while sub.statistics().queued:
-        event = sub.receive_nowait()
-        trailing.append(event)
-        if not (event.run_id == run_id and event.seq == seq):
-            break
-    return [e for e in trailing if e.run_id == run_id and e.seq == seq]
+    return [e for e in events if e.run_id == run_id or e.stream == DROPPED_STREAM]
 
 
 async def drain(sub: Subscription) -> list[Event]:
@@ -76,13 +63,19 @@ async def run_and_collect(
     run_id: str | None = None,
     context: RunContext | None = None,
 ) -> tuple[RunOutcome, list[Event]]:
-    """Start ``body`` as a run and return its outcome and every event it published."""
+    """Start ``body`` as a run and return its outcome and every event it published.
+
+    That includes the chat events already queued after its terminal event (the ``final``).
+    """
     if run_id is None:
         run_id = uuid.uuid4().hex
     async with bus.subscribe(run_id=run_id, buffer=max(bus.config.subscriber_buffer, 1024)) as sub:
         handle = await bus.start_run(body, run_id=run_id, context=context)
         events = await collect_run(sub, run_id)
-        return await handle.wait(), events
+        outcome = await handle.wait()
+        # The subscription takes only this run, so whatever is queued now is its own.
+        events.extend(sub.receive_nowait() for _ in range(sub.statistics().queued))
+        return outcome, events
 
 
 def texts(events: list[Event], stream: str = "assistant") -> list[str]:

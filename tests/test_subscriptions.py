@@ -38,7 +38,9 @@ class TestFilters:
                 await (await agent_bus.start_run(chatter(3), context=other)).wait()
                 await (await agent_bus.start_run(chatter(1), run_id="mine", context=MAIN)).wait()
                 events = await collect_run(sub, "mine")
-        assert {e.session_key for e in events} == {"main"}
+                final = await sub.receive()
+        assert {e.session_key for e in [*events, final]} == {"main"}
+        assert (final.run_id, final.data["state"]) == ("mine", "final")
         assert sub.statistics().queued == 0
 
     async def test_a_session_subscriber_does_not_see_hidden_runs(self, agent_bus: pl.Bus) -> None:
