@@ -97,7 +97,7 @@ async def _main(runs: int, seed: int, pace: float, watch: str) -> None:
     print(f"Simulating {runs} runs over {len(SESSIONS)} sessions; live view of {watch!r}:\n")
     async with trio.open_nursery() as readers:
         async with open_bus(config) as bus:
-            await _attach(readers, bus.subscribe(session_key=watch), tallies[0], _live_view)
+            await _attach(readers, bus.subscribe(session_key=watch), tallies[0], _LiveView())
             await _attach(readers, bus.subscribe(buffer=1024), tallies[1], None)
             await _attach(
                 readers,
@@ -144,29 +144,32 @@ def _slow_reader(pace: float) -> Any:
     return on_event
 
 
-_shown_runs: set[str] = set()
+@attrs.define
+class _LiveView:
+    """Prints the first few runs of the watched session as a chat UI would show them."""
 
+    limit: int = 4
+    shown: set[str] = attrs.field(factory=set)
 
-async def _live_view(event: Event) -> None:
-    """Print the first few runs of the watched session as a chat UI would show them."""
-    if event.run_id not in _shown_runs:
-        if len(_shown_runs) >= 4 or event.stream != "lifecycle":
-            return
-        _shown_runs.add(event.run_id)
-    run = event.run_id[:6]
-    data = event.data
-    if event.stream == "lifecycle":
-        phase = data["phase"]
-        reason = data.get("stopReason") or data.get("error")
-        detail = f" ({reason})" if reason else ""
-        print(f"  [{run}] #{event.seq:<3} lifecycle {phase}{detail}")
-    elif event.stream == "tool" and data.get("phase") in ("start", "result"):
-        print(f"  [{run}] #{event.seq:<3} tool {data['name']} {data['phase']}")
-    elif event.stream == "chat" and data["state"] != "delta":
-        text = data.get("errorMessage") or "".join(
-            block.get("text", "") for block in data.get("message", {}).get("content", [])
-        )
-        print(f"  [{run}] #{event.seq:<3} chat {data['state']}: {_clip(text)}")
+    async def __call__(self, event: Event) -> None:
+        if event.run_id not in self.shown:
+            if len(self.shown) >= self.limit or event.stream != "lifecycle":
+                return
+            self.shown.add(event.run_id)
+        run = event.run_id[:6]
+        data = event.data
+        if event.stream == "lifecycle":
+            phase = data["phase"]
+            reason = data.get("stopReason") or data.get("error")
+            detail = f" ({reason})" if reason else ""
+            print(f"  [{run}] #{event.seq:<3} lifecycle {phase}{detail}")
+        elif event.stream == "tool" and data.get("phase") in ("start", "result"):
+            print(f"  [{run}] #{event.seq:<3} tool {data['name']} {data['phase']}")
+        elif event.stream == "chat" and data["state"] != "delta":
+            text = data.get("errorMessage") or "".join(
+                block.get("text", "") for block in data.get("message", {}).get("content", [])
+            )
+            print(f"  [{run}] #{event.seq:<3} chat {data['state']}: {_clip(text)}")
 
 
 def _clip(text: str, width: int = 60) -> str:
