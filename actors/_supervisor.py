@@ -99,6 +99,9 @@ class Supervisor:
         task_status: trio.TaskStatus[Any],
     ) -> None:
         status = _TrackedStatus(task_status)
+        # Once started, the child outlives trio's temporary start scope: hold no reference to
+        # it (it would keep that scope alive, about 1 KB, for the child's whole life).
+        del task_status
         self._started += 1
         self._running += 1
         try:
@@ -119,11 +122,14 @@ class Supervisor:
 class _TrackedStatus:
     """A task status that remembers whether ``started()`` was called."""
 
-    _inner: trio.TaskStatus[Any]
+    _inner: trio.TaskStatus[Any] | None
     has_started: bool = False
 
     def started(self, value: Any = None) -> None:
-        self._inner.started(value)
+        if self._inner is None:
+            raise RuntimeError("called 'started' twice on the same task status")
+        inner, self._inner = self._inner, None
+        inner.started(value)
         self.has_started = True
 
 

@@ -84,8 +84,9 @@ class RunActor:
     _chat: ChatProjection | None = None
     #: The session key the chat projection last published under (for its closing events).
     _chat_key: str | None = None
-    #: Woken on a retry or abort during the grace, and on a tracked run's terminal event.
-    _wakeup: trio.Event = attrs.field(factory=trio.Event)
+    #: Woken on a retry or abort during the grace, and on a tracked run's terminal event;
+    #: made only for those stretches, so a running body does not pay for it.
+    _wakeup: trio.Event | None = None
     _refreshed_at: float = -math.inf
 
     # ---- scope, idle deadline, abort ---------------------------------------------------------
@@ -122,23 +123,29 @@ class RunActor:
             self.stop_reason = reason
         if self._scope is not None:
             self._scope.cancel()
-        self._wakeup.set()
+        self.wake()
         return True
 
     def wake(self) -> None:
-        self._wakeup.set()
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def prepare_wait(self) -> None:
+        """Make the event that :meth:`wake` sets, before the stretch that waits for it."""
+        self._wakeup = trio.Event()
 
     def enter_grace(self) -> int:
         """Keep the state for a retry; returns this grace's generation."""
         self.phase = Phase.GRACE
         self.grace_generation += 1
-        self._wakeup = trio.Event()
+        self.prepare_wait()
         return self.grace_generation
 
     def in_grace(self, generation: int) -> bool:
         return self.phase is Phase.GRACE and self.grace_generation == generation
 
     async def wait_woken(self) -> None:
+        assert self._wakeup is not None, "prepare_wait() comes first"
         await self._wakeup.wait()
 
     # ---- agent events ------------------------------------------------------------------------

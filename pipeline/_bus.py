@@ -164,6 +164,7 @@ class Bus:
         if actor is None:
             context = RunContext(session_key=event.session_key)
             actor, _ = core.claim(event.run_id, context, Phase.TRACKING)
+            actor.prepare_wait()
             core.supervisor.start_soon(track_ingested, core, actor, name=f"ingest:{event.run_id}")
         published = actor.publish_ingested(event)
         if not published:

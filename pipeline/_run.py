@@ -122,7 +122,8 @@ class RunHandle:
 
     id: str
     _actor: RunActor | None
-    _done: trio.Event = attrs.field(factory=trio.Event)
+    #: Made by the first wait() before the body finishes; a handle nobody waits on costs less.
+    _done: trio.Event | None = None
     _outcome: RunOutcome | None = None
 
     def abort(self, reason: str = "rpc") -> bool:
@@ -138,14 +139,20 @@ class RunHandle:
 
     async def wait(self) -> RunOutcome:
         """Wait for the body to finish (not for a retry grace) and return its outcome."""
-        await self._done.wait()
+        if self._outcome is None:
+            if self._done is None:
+                self._done = trio.Event()
+            await self._done.wait()
+        else:
+            await trio.lowlevel.checkpoint()
         assert self._outcome is not None
         return self._outcome
 
     def _finish(self, outcome: RunOutcome) -> None:
         self._outcome = outcome
         self._actor = None
-        self._done.set()
+        if self._done is not None:
+            self._done.set()
 
 
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
