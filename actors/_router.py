@@ -171,7 +171,11 @@ class Router(Generic[T]):
                 if len(inbox):
                     await trio.lowlevel.checkpoint()
         finally:
-            self.close_subscribers(self._close_reason or "router closed")
+            # However it ends (closed, cancelled, or a bug), no publisher may wait on it.
+            if self._close_reason is None:
+                self._close_reason = "router stopped"
+            self._inbox.close(self._close_reason)
+            self.close_subscribers(self._close_reason)
 
     async def _route(self, item: T) -> None:
         if self._pending:

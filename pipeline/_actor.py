@@ -193,7 +193,7 @@ class RunActor:
         else:
             self._chat_key = key
             chat = self._chat_projection()
-            before = chat.before(stream, data, ts)
+            before = chat.before(stream, data, now, ts)
             if before is not None:
                 publish(Event(self.id, seq, CHAT, ts, before, key))
             publish(event)

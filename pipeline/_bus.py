@@ -15,8 +15,8 @@ from actors import Mailbox, Overflow, Router, Supervisor, open_supervisor
 from ._actor import MAX_EVENTS_PER_EMIT, Phase, RunActor
 from ._config import BusConfig, RunContext
 from ._core import OUTCOMES, BusCore
-from ._errors import TooManySubscribers, UnknownRun
-from ._event import Event, checked_event, is_droppable
+from ._errors import InvalidEvent, RunAlreadyActive, TooManySubscribers, UnknownRun
+from ._event import DROPPED_STREAM, LIFECYCLE, Event, checked_event, is_droppable
 from ._run import BodyPhase, Run, RunBody, RunHandle, emit, track_ingested
 from ._subscription import BUS_CLOSED, Subscription, event_filter
 
@@ -57,6 +57,18 @@ def _run_id(run_id: str | None) -> str:
     return run_id
 
 
+def _context(context: RunContext | None) -> RunContext | None:
+    if context is not None and not isinstance(context, RunContext):
+        raise TypeError(f"context must be a RunContext or None, not {context!r}")
+    return context
+
+
+def _reason(reason: str) -> str:
+    if not isinstance(reason, str):
+        raise TypeError(f"reason must be a str, not {reason!r}")
+    return reason
+
+
 def _buffer(buffer: int | None, default: int) -> int:
     if buffer is None:
         return default
@@ -90,6 +102,7 @@ class Bus:
         if not callable(body):
             raise TypeError(f"body must be an async callable, not {body!r}")
         run_id = _run_id(run_id)
+        context = _context(context)
         self._core.check_open()
         handle: RunHandle = await self._core.supervisor.start(
             self._serve_body, body, run_id, context, name=f"run:{run_id}"
@@ -117,7 +130,7 @@ class Bus:
         An abort or idle timeout cancels the block (execution goes on after it); an exception
         raised in the block ends the run as an error and then propagates.
         """
-        return BodyPhase(self._core, _run_id(run_id), context, reraise=True)
+        return BodyPhase(self._core, _run_id(run_id), _context(context), reraise=True)
 
     async def emit(
         self, run_id: str, stream: str, data: Any, *, session_key: str | None = None
@@ -128,6 +141,7 @@ class Bus:
 
     def abort(self, run_id: str, *, reason: str = "rpc") -> bool:
         """Cancel a live run's body (or end its retry grace); False if no such live run."""
+        reason = _reason(reason)
         actor = self._core.runs.get(run_id)
         return actor is not None and actor.abort(reason)
 
@@ -156,11 +170,17 @@ class Bus:
             event = checked_event(event)
         else:
             event = Event.from_wire(event, max_bytes=core.config.max_event_bytes)
+        if event.stream == DROPPED_STREAM:
+            raise InvalidEvent("'dropped' markers are made by each subscription, not ingested")
         core.check_open()
         await core.wait_room(MAX_EVENTS_PER_EMIT)
         # No await from here on: the room waited for above is still there.
         core.check_open()
         actor = core.runs.get(event.run_id)
+        if event.stream == LIFECYCLE and actor is not None and actor.phase is not Phase.TRACKING:
+            raise RunAlreadyActive(
+                f"run {event.run_id!r} has a local body: its lifecycle events are the bus's"
+            )
         if actor is None:
             context = RunContext(session_key=event.session_key)
             actor, _ = core.claim(event.run_id, context, Phase.TRACKING)

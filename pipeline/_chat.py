@@ -70,10 +70,18 @@ class ChatProjection:
     #: After ``aborted`` or ``final``, the projection publishes nothing more.
     _closed: bool = False
 
-    def before(self, stream: str, data: Mapping[str, Any], timestamp: int) -> dict[str, Any] | None:
-        """The chat payload to publish before an agent event (a flush before a tool starts)."""
+    def before(
+        self, stream: str, data: Mapping[str, Any], now: float, timestamp: int
+    ) -> dict[str, Any] | None:
+        """The chat payload to publish before an agent event (a flush before a tool starts).
+
+        A flush restarts the throttle interval, like any delta.
+        """
         if stream in _FLUSH_STREAMS and data.get("phase") == "start":
-            return self._flush(timestamp)
+            flushed = self._flush(timestamp)
+            if flushed is not None:
+                self._last_delta_at = now
+            return flushed
         return None
 
     def after(

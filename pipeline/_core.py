@@ -50,6 +50,8 @@ class BusCore:
                 raise RunAlreadyActive(f"run {run_id!r} is live")
             actor.phase = Phase.RUNNING
             actor.failure = None
+            actor.stop_reason = None
+            actor.end_reason = None
             if context is not None:
                 actor.context = context
             actor.wake()

@@ -128,6 +128,8 @@ class RunHandle:
 
     def abort(self, reason: str = "rpc") -> bool:
         """Cancel the body; False if it has already finished."""
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, not {reason!r}")
         if self._actor is None:
             return False
         return self._actor.abort(reason)
@@ -203,35 +205,41 @@ class BodyPhase:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        actor, scope = self.actor, self._scope
+        actor, scope, core = self.actor, self._scope, self.core
         try:
             remaining = None if scope.__exit__(exc_type, exc, tb) else exc
         except BaseException as transformed:
             remaining = transformed
         actor.close_scope()
         self._active = False
-        status, error, kind = _classify(remaining, scope, actor)
-        keep = (
-            status == "error" and self.core.config.error_retry_grace > 0 and not self.core.closing
-        )
+        outcome: RunOutcome | None = None
+        kept = False
         try:
+            status, error, kind = _classify(remaining, scope, actor)
+            keep = status == "error" and core.config.error_retry_grace > 0 and not core.closing
             ended_at = epoch_ms()
             await _publish_shielded(
-                self.core, lambda: _publish_terminal(actor, status, error, kind, ended_at, keep)
+                core, lambda: _publish_terminal(actor, status, error, kind, ended_at, keep)
             )
+            if keep and core.closing:
+                # The bus began closing while the terminal event waited: no grace to wait in.
+                keep = False
+                await _publish_shielded(core, actor.publish_chat_error)
             outcome = RunOutcome(
                 actor.id, status, error, actor.last_seq, actor.started_at, ended_at
             )
-            self.core.record(status)
-            self.handle._finish(outcome)
-        finally:
-            if keep and not self.core.closing:
+            core.record(status)
+            if keep:
                 generation = actor.enter_grace()
-                self.core.supervisor.start_soon(
-                    keep_for_retry, self.core, actor, generation, name=f"grace:{actor.id}"
+                core.supervisor.start_soon(
+                    keep_for_retry, core, actor, generation, name=f"grace:{actor.id}"
                 )
-            else:
+                kept = True
+        finally:
+            # Whatever happened above, the run ends here unless a grace keeper now owns it.
+            if not kept:
                 actor.release()
+            self.handle._finish(outcome or _failed_to_end(actor))
         if remaining is None:
             return exc is not None
         if isinstance(remaining, Exception) and not self.reraise:
@@ -241,20 +249,39 @@ class BodyPhase:
         return False
 
 
+def _failed_to_end(actor: RunActor) -> RunOutcome:
+    """The outcome of a run whose ending itself failed (a bug, logged by the supervisor)."""
+    message = "the bus failed to end this run"
+    return RunOutcome(actor.id, "error", message, actor.last_seq, actor.started_at, epoch_ms())
+
+
+def describe(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the exception cannot print itself."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
+
+
 def _classify(
     exc: BaseException | None, scope: trio.CancelScope, actor: RunActor
 ) -> tuple[Status, str | None, str]:
-    """The outcome status, error text and error kind of a body that left with ``exc``."""
+    """The outcome status, error text and error kind of a body that left with ``exc``.
+
+    Once the run was aborted, the abort explains whatever the body raised on the way out.
+    """
     if exc is None:
         if scope.cancelled_caught:
             if actor.stop_reason is not None:
                 return "aborted", actor.stop_reason, "aborted"
             return "timeout", IDLE_TIMEOUT_ERROR, "timeout"
         return "ok", None, ""
+    if actor.stop_reason is not None:
+        return "aborted", actor.stop_reason, "aborted"
     if isinstance(exc, Exception):
-        return "error", str(exc) or type(exc).__name__, type(exc).__name__
+        return "error", describe(exc), type(exc).__name__
     # Cancelled from outside (its owner nursery is going away) or KeyboardInterrupt.
-    return "aborted", actor.stop_reason or "cancelled", "aborted"
+    return "aborted", "cancelled", "aborted"
 
 
 def _publish_terminal(
@@ -271,16 +298,21 @@ def _publish_terminal(
 
 
 async def _publish_shielded(core: BusCore, publish: Callable[[], None]) -> None:
-    """Publish cleanup events even while being cancelled, within ``shutdown_timeout``."""
+    """Publish a run's closing events even while being cancelled.
+
+    It waits for room in the router as long as it takes, since a terminal event is never
+    dropped; once the bus is closing, at most ``shutdown_timeout``.
+    """
     with trio.CancelScope(shield=True) as cleanup:
-        cleanup.deadline = trio.current_time() + core.config.shutdown_timeout
+        if core.closing:
+            cleanup.deadline = trio.current_time() + core.config.shutdown_timeout
         try:
             await core.wait_room(MAX_TERMINAL_EVENTS)
             publish()
             return
         except BusClosed:
             pass
-    _log.warning("terminal events could not be published: the router is closed or stuck")
+    _log.warning("closing events could not be published: the bus closed first")
 
 
 async def keep_for_retry(core: BusCore, actor: RunActor, generation: int) -> None:
@@ -301,29 +333,36 @@ async def keep_for_retry(core: BusCore, actor: RunActor, generation: int) -> Non
 
 
 async def track_ingested(core: BusCore, actor: RunActor) -> None:
-    """Own a run known only from ingested events, until its terminal event or idle timeout."""
-    status: Status = "timeout"
+    """Own a run known only from ingested events, until its terminal event or idle timeout.
+
+    If it ends any other way (abort, idle timeout, cancellation), it publishes a terminal
+    event of its own, so subscribers still see the run end.
+    """
+    status: Status = "aborted"
+    reason = "cancelled"
     try:
         with actor.open_scope() as scope:
             await actor.wait_woken()
-        actor.close_scope()
-        terminal = actor.tracked_terminal
-        if terminal is not None:
-            status = _tracked_status(terminal)
-        else:
-            ended_at = epoch_ms()
-            if actor.stop_reason is not None:
-                status = "aborted"
-                await _publish_shielded(
-                    core, lambda: actor.publish_aborted(actor.stop_reason or "aborted", ended_at)
-                )
-            elif scope.cancelled_caught:
-                await _publish_shielded(
-                    core, lambda: actor.publish_error(IDLE_TIMEOUT_ERROR, "timeout", ended_at)
-                )
+        if actor.tracked_terminal is not None:
+            status = _tracked_status(actor.tracked_terminal)
+        elif actor.stop_reason is not None:
+            reason = actor.stop_reason
+        elif scope.cancelled_caught:
+            status = "timeout"
     finally:
-        core.record(status)
-        actor.release()
+        actor.close_scope()
+        try:
+            if actor.tracked_terminal is None:
+                ended_at = epoch_ms()
+                if status == "timeout":
+                    await _publish_shielded(
+                        core, lambda: actor.publish_error(IDLE_TIMEOUT_ERROR, "timeout", ended_at)
+                    )
+                else:
+                    await _publish_shielded(core, lambda: actor.publish_aborted(reason, ended_at))
+        finally:
+            core.record(status)
+            actor.release()
 
 
 def _tracked_status(terminal: Any) -> Status:

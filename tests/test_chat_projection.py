@@ -189,12 +189,21 @@ class TestProjectionDeltas:
 
 
 class TestProjectionFlush:
+    def test_a_flush_restarts_the_throttle_interval(self) -> None:
+        chat_ = ChatProjection(1.0)
+        chat_.after("assistant", say("Hi", "Hi"), 0.0, TS)
+        chat_.after("assistant", say("Hi there", " there"), 1.5, TS)  # a delta at 1.5
+        chat_.after("assistant", say("Hi there you", " you"), 1.6, TS)  # throttled
+        assert chat_.before("tool", {"phase": "start"}, 2.0, TS) is not None  # flush at 2.0
+        assert chat_.after("assistant", say("Hi there you!", "!"), 2.6, TS) is None
+        assert chat_.after("assistant", say("Hi there you!!", "!"), 3.0, TS) is not None
+
     @pytest.mark.parametrize("stream", ["tool", "item"])
     def test_unsent_growth_is_flushed_before_a_start_phase(self, stream: str) -> None:
         chat_ = ChatProjection(1.0)
         chat_.after("assistant", say("Hi", "Hi"), 0.0, TS)
         chat_.after("assistant", say("Hi there", " there"), 0.1, TS)
-        payload = chat_.before(stream, {"phase": "start"}, TS)
+        payload = chat_.before(stream, {"phase": "start"}, 0.0, TS)
         assert payload is not None
         assert payload["state"] == "delta"
         assert text_of(payload) == "Hi there"
@@ -204,12 +213,12 @@ class TestProjectionFlush:
         chat_ = ChatProjection(1.0)
         chat_.after("assistant", say("Hi", "Hi"), 0.0, TS)
         chat_.after("assistant", say("Hi there", " there"), 0.1, TS)
-        assert chat_.before("tool", {"phase": phase}, TS) is None
+        assert chat_.before("tool", {"phase": phase}, 0.0, TS) is None
 
     def test_no_flush_happens_when_everything_was_sent(self) -> None:
         chat_ = ChatProjection(1.0)
         chat_.after("assistant", say("Hi", "Hi"), 0.0, TS)
-        assert chat_.before("tool", {"phase": "start"}, TS) is None
+        assert chat_.before("tool", {"phase": "start"}, 0.0, TS) is None
 
 
 class TestProjectionClosingStates:
@@ -257,7 +266,7 @@ class TestProjectionClosingStates:
         chat_.after("assistant", say("Hi", "Hi"), 0.0, TS)
         chat_.aborted("rpc", TS)
         assert chat_.after("assistant", say("Hi there", " there"), 10.0, TS) is None
-        assert chat_.before("tool", {"phase": "start"}, TS) is None
+        assert chat_.before("tool", {"phase": "start"}, 0.0, TS) is None
         assert chat_.final(None, TS) == []
         assert chat_.aborted("rpc", TS) is None
 

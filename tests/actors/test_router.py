@@ -539,3 +539,15 @@ class TestStatistics:
             await trio.testing.wait_all_tasks_blocked()
         stats = router.statistics()
         assert (stats.disconnects, stats.subscribers) == (0, 0)
+
+
+class TestRouterStopping:
+    async def test_a_publisher_waiting_on_a_router_that_stops_is_released(self) -> None:
+        router: Router[int] = Router(1)
+        router.publish_nowait(1)
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(router.serve)
+                nursery.cancel_scope.cancel()
+            with pytest.raises(trio.ClosedResourceError):
+                await router.publish(2)

@@ -1,0 +1,214 @@
+"""Faults and races: stalled readers, aborts racing bodies, broken exceptions, bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+import pipeline as pl
+from pipeline.testing import is_terminal
+
+
+async def test_a_terminal_event_is_not_lost_while_block_subscribers_stall_the_router(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Defaults: block_timeout == shutdown_timeout == 5 s. Two stalled BLOCK subscribers (the
+    # default policy) hold the router for 2 x 5 s; a run that ends meanwhile must still get its
+    # terminal lifecycle event to the subscriber that does read (SPEC 4.2: never dropped).
+    config = pl.BusConfig(router_buffer=4, subscriber_buffer=1)
+
+    async def body(run: pl.Run) -> None:
+        await trio.sleep(1)
+        for i in range(5):
+            await run.emit("tool", {"phase": "start", "name": f"t{i}", "toolCallId": str(i)})
+
+    with trio.fail_after(120):
+        async with pl.open_bus(config) as bus:
+            async with (
+                bus.subscribe(run_id="r1"),
+                bus.subscribe(run_id="r1"),
+                bus.subscribe(run_id="r1", overflow=pl.Overflow.DROP_OLDEST, buffer=100) as sub,
+            ):
+                handle = await bus.start_run(body, run_id="r1")
+                outcome = await handle.wait()
+                assert outcome.status == "ok"
+                seen: list[pl.Event] = []
+                with trio.move_on_after(60):
+                    async for event in sub:
+                        seen.append(event)
+                        if is_terminal(event):
+                            break
+    assert [e.data["phase"] for e in seen if is_terminal(e)] == ["end"]
+
+
+async def test_a_body_calling_emit_nowait_right_after_an_abort_ends_aborted() -> None:
+    # The abort lands while the body is already scheduled to run (no checkpoint in between).
+    go = trio.Event()
+    seen_error: list[BaseException] = []
+
+    async def body(run: pl.Run) -> None:
+        await go.wait()
+        try:
+            run.emit_nowait("assistant", {"delta": "hi"})
+        except BaseException as exc:
+            seen_error.append(exc)
+            raise
+
+    with trio.fail_after(5):
+        async with pl.open_bus() as bus:
+            handle = await bus.start_run(body, run_id="r1")
+            go.set()
+            assert bus.abort("r1", reason="user stop")
+            outcome = await handle.wait()
+            live = bus.statistics().live_runs
+    assert (outcome.status, outcome.error) == ("aborted", "user stop"), seen_error
+    assert live == 0
+
+
+async def test_a_retry_after_a_failure_that_raced_an_abort_runs_its_body(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    go = trio.Event()
+    second_body_ran = False
+
+    async def failing(run: pl.Run) -> None:
+        await go.wait()
+        raise RuntimeError("boom")
+
+    async def retry(run: pl.Run) -> None:
+        nonlocal second_body_ran
+        await trio.sleep(0.1)
+        second_body_ran = True
+
+    with trio.fail_after(60):
+        async with pl.open_bus() as bus:
+            handle = await bus.start_run(failing, run_id="r1")
+            go.set()
+            assert bus.abort("r1")  # True: the run is live and "being stopped"
+            first = await handle.wait()
+            assert first.status == "aborted"  # the abort explains the exception it raced
+            await trio.sleep(1)  # well inside the 15 s retry grace
+            second = await (await bus.start_run(retry, run_id="r1")).wait()
+    assert (second.status, second_body_ran) == ("ok", True)
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+async def test_a_body_raising_an_exception_with_a_broken_str_still_ends_its_run() -> None:
+    async def body(run: pl.Run) -> None:
+        raise _Unprintable
+
+    with trio.fail_after(5):
+        async with pl.open_bus(pl.BusConfig(error_retry_grace=0)) as bus:
+            async with bus.subscribe(run_id="r1") as sub:
+                handle = await bus.start_run(body, run_id="r1")
+                with trio.move_on_after(1):
+                    outcome = await handle.wait()
+                live = bus.statistics().live_runs
+                terminal = []
+                while sub.statistics().queued:
+                    event = sub.receive_nowait()
+                    if is_terminal(event):
+                        terminal.append(event)
+            assert handle.outcome is not None
+            assert outcome.status == "error"
+            assert live == 0
+            assert len(terminal) == 1
+
+
+async def test_an_abort_without_a_str_reason_is_refused_or_still_ends_the_run_as_aborted() -> None:
+    async def body(run: pl.Run) -> None:
+        await trio.sleep_forever()
+
+    with trio.fail_after(5):
+        async with pl.open_bus() as bus:
+            handle = await bus.start_run(body, run_id="r1")
+            try:
+                bus.abort("r1", reason=None)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                handle.abort()
+            outcome = await handle.wait()
+    assert outcome.status == "aborted"
+
+
+async def test_a_retry_with_an_invalid_context_is_refused_with_a_typed_error_and_keeps_the_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def failing(run: pl.Run) -> None:
+        raise RuntimeError("boom")
+
+    async def fine(run: pl.Run) -> None:
+        pass
+
+    with trio.fail_after(60):
+        async with pl.open_bus() as bus:
+            await (await bus.start_run(failing, run_id="r1")).wait()
+            error: BaseException | None = None
+            try:
+                await bus.start_run(fine, run_id="r1", context={"session_key": "main"})  # type: ignore[arg-type]
+            except BaseException as exc:
+                error = exc
+            live = bus.statistics().live_runs
+    assert (type(error), live) in {(TypeError, 1), (ValueError, 1)}, (repr(error), live)
+
+
+def _wire(seq: int, phase: str) -> dict[str, object]:
+    return {"runId": "remote", "seq": seq, "stream": "lifecycle", "ts": 1, "data": {"phase": phase}}
+
+
+class TestIngestRefusals:
+    async def test_an_ingested_dropped_marker_is_refused(self, agent_bus: pl.Bus) -> None:
+        wire = {"runId": "x", "seq": 1, "stream": "dropped", "ts": 1, "data": {"count": 3}}
+        with pytest.raises(pl.InvalidEvent, match="dropped"):
+            await agent_bus.ingest(wire)
+        assert agent_bus.statistics().live_runs == 0
+
+    async def test_an_ingested_lifecycle_event_for_a_local_body_is_refused(
+        self, agent_bus: pl.Bus
+    ) -> None:
+        async with agent_bus.run(run_id="local") as run:
+            wire = {"runId": "local", "seq": 2, "stream": "lifecycle", "ts": 1, "data": {}}
+            with pytest.raises(pl.RunAlreadyActive):
+                await agent_bus.ingest({**wire, "data": {"phase": "end"}})
+            event = await run.emit("assistant", {"delta": "still mine"})
+        assert event.seq == 2
+
+
+class TestTrackerShutdown:
+    async def test_a_tracked_run_ends_with_a_terminal_event_when_the_bus_closes(self) -> None:
+        with trio.fail_after(5):
+            async with pl.open_bus() as bus:
+                subscription = bus.subscribe(run_id="remote")
+                sub = await subscription.__aenter__()
+                wire = {"runId": "remote", "seq": 1, "stream": "assistant", "ts": 1}
+                await bus.ingest({**wire, "data": {"delta": "x"}})
+            events = [event async for event in sub]
+            await subscription.__aexit__(None, None, None)
+        assert [e.stream for e in events] == ["assistant", "lifecycle"]
+        assert events[-1].data["stopReason"] == "shutdown"
+        assert bus.statistics().runs_by_outcome["aborted"] == 1
+
+
+class TestRetryState:
+    async def test_a_retry_does_not_inherit_the_failed_attempts_stop_reason(
+        self, agent_bus: pl.Bus
+    ) -> None:
+        async def failing(run: pl.Run) -> None:
+            run.set_stop_reason("max_tokens")
+            raise RuntimeError("boom")
+
+        async def retry(run: pl.Run) -> None:
+            pass
+
+        with trio.fail_after(5):
+            async with agent_bus.subscribe(run_id="r1") as sub:
+                await (await agent_bus.start_run(failing, run_id="r1")).wait()
+                await (await agent_bus.start_run(retry, run_id="r1")).wait()
+                events = [sub.receive_nowait() for _ in range(sub.statistics().queued)]
+        end = events[-1]
+        assert end.data["phase"] == "end"
+        assert "stopReason" not in end.data
