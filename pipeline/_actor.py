@@ -197,7 +197,9 @@ class RunActor:
             if before is not None:
                 publish(Event(self.id, seq, CHAT, ts, before, key))
             publish(event)
+            truncations = chat.truncations
             after = chat.after(stream, data, now, ts)
+            self.core.chat_truncations += chat.truncations - truncations
             if after is not None:
                 publish(Event(self.id, seq, CHAT, ts, after, key))
         self._touch(now)
@@ -205,7 +207,8 @@ class RunActor:
 
     def _chat_projection(self) -> ChatProjection:
         if self._chat is None:
-            self._chat = ChatProjection(self.core.config.chat_delta_interval)
+            config = self.core.config
+            self._chat = ChatProjection(config.chat_delta_interval, config.max_event_bytes)
         return self._chat
 
     def _closing_chat_key(self) -> str | None:

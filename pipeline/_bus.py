@@ -41,6 +41,9 @@ class BusStatistics:
     disconnects: int
     #: Ingested events dropped as duplicates.
     duplicates: int
+    #: Chat text or thinking updates cut to ``max_event_bytes`` characters (a run's chat
+    #: buffers never grow past that).
+    chat_truncations: int
     #: Runs claimed so far (a retry during the grace is not a new run).
     runs_started: int
     #: Body phases (and tracked runs) ended, by outcome status.
@@ -245,6 +248,7 @@ class Bus:
             drops=routed.drops,
             disconnects=routed.disconnects,
             duplicates=core.duplicates,
+            chat_truncations=core.chat_truncations,
             runs_started=core.runs_started,
             runs_by_outcome={status: core.outcomes[status] for status in OUTCOMES},
             failures=core.supervisor.statistics().failed,

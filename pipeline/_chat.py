@@ -38,12 +38,17 @@ def merge_text(previous: str, text: str | None, delta: str | None) -> str:
     return text or previous
 
 
+#: The longest overlap looked for between the text and a delta. The search is quadratic in the
+#: overlap, and real overlaps (a re-sent token or word) are short.
+MAX_OVERLAP = 1024
+
+
 def _append_unique_suffix(base: str, suffix: str) -> str:
     if not base:
         return suffix
     if base.endswith(suffix):
         return base
-    for overlap in range(min(len(base), len(suffix)), 0, -1):
+    for overlap in range(min(len(base), len(suffix), MAX_OVERLAP), 0, -1):
         if base.endswith(suffix[:overlap]):
             return base + suffix[overlap:]
     return base + suffix
@@ -62,6 +67,9 @@ class ChatProjection:
 
     #: At most one throttled delta per this many seconds.
     interval: float
+    #: The most characters kept of the text, and of the thinking; the rest is cut off (and
+    #: counted in :attr:`truncations`), so a run's chat state is bounded.
+    limit: int = 1_048_576
     text: str = ""
     thinking: str = ""
     #: The text and thinking the last delta carried.
@@ -69,6 +77,8 @@ class ChatProjection:
     _last_delta_at: float = -math.inf
     #: After ``aborted`` or ``final``, the projection publishes nothing more.
     _closed: bool = False
+    #: How many updates were cut to :attr:`limit`.
+    truncations: int = 0
 
     def before(
         self, stream: str, data: Mapping[str, Any], now: float, timestamp: int
@@ -94,9 +104,9 @@ class ChatProjection:
         if text is None and delta is None:
             return None
         if stream == "assistant":
-            self.text = merge_text(self.text, text, delta)
+            self.text = self._bounded(merge_text(self.text, text, delta))
         else:
-            self.thinking = merge_text(self.thinking, text, delta)
+            self.thinking = self._bounded(merge_text(self.thinking, text, delta))
         if now - self._last_delta_at < self.interval or not self._has_unsent():
             return None
         self._last_delta_at = now
@@ -126,6 +136,12 @@ class ChatProjection:
     def error(message: str, kind: str) -> dict[str, Any]:
         """The ``error`` payload, published once a failed run's retry grace has expired."""
         return {"state": "error", "errorMessage": message, "errorKind": kind}
+
+    def _bounded(self, merged: str) -> str:
+        if len(merged) <= self.limit:
+            return merged
+        self.truncations += 1
+        return merged[: self.limit]
 
     def _has_unsent(self) -> bool:
         return (self.text, self.thinking) != self._sent

@@ -32,6 +32,8 @@ class BusCore:
     runs_started: int = 0
     outcomes: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(OUTCOMES, 0))
     duplicates: int = 0
+    #: Chat text or thinking updates cut to ``max_event_bytes`` characters.
+    chat_truncations: int = 0
     _all_ended: trio.Event = attrs.field(factory=trio.Event)
 
     def check_open(self) -> None:

@@ -188,6 +188,24 @@ class TestProjectionDeltas:
         ]
 
 
+class TestProjectionBounds:
+    def test_the_merged_text_is_cut_to_the_limit_and_counted(self) -> None:
+        chat_ = ChatProjection(0.0, limit=10)
+        chat_.after("assistant", say("Hello", "Hello"), 0.0, TS)
+        payload = chat_.after("assistant", say("Hello world!", " world!"), 1.0, TS)
+        assert chat_.text == "Hello worl"
+        assert payload is not None
+        assert payload["message"]["content"] == [{"type": "text", "text": "Hello worl"}]
+        assert chat_.truncations == 1
+
+    def test_text_at_the_limit_stops_growing(self) -> None:
+        chat_ = ChatProjection(0.0, limit=4)
+        for i, piece in enumerate(["ab", "cd", "ef", "gh"]):
+            chat_.after("assistant", {"delta": piece}, float(i), TS)
+        assert chat_.text == "abcd"
+        assert chat_.truncations == 2
+
+
 class TestProjectionFlush:
     def test_a_flush_restarts_the_throttle_interval(self) -> None:
         chat_ = ChatProjection(1.0)
