@@ -110,6 +110,9 @@ class Mailbox(Generic[T]):
     _open: bool = attrs.field(init=False, default=True)
     _closed_reason: str | None = attrs.field(init=False, default=None)
     _unreported_drops: int = attrs.field(init=False, default=0)
+    # The first this-many queued items are known not droppable, so a DROP_OLDEST scan starts
+    # after them: without it, a full mailbox headed by kept items rescans them on every send.
+    _kept_prefix: int = attrs.field(init=False, default=0)
     _received: int = attrs.field(init=False, default=0)
     _dropped: int = attrs.field(init=False, default=0)
 
@@ -223,13 +226,17 @@ class Mailbox(Generic[T]):
 
     def _drop_queued(self, *, newest: bool) -> bool:
         queue = self._queue
-        indexes = range(len(queue) - 1, -1, -1) if newest else range(len(queue))
         droppable = self.droppable
+        first = self._kept_prefix
+        indexes = range(len(queue) - 1, first - 1, -1) if newest else range(first, len(queue))
         for index in indexes:
             if droppable(queue[index]):
                 del queue[index]
+                if not newest:
+                    self._kept_prefix = index
                 self._count_drop()
                 return True
+        self._kept_prefix = len(queue)
         return False
 
     def _count_drop(self) -> None:
@@ -253,6 +260,8 @@ class Mailbox(Generic[T]):
         if self._queue:
             self._received += 1
             item = self._queue.popleft()
+            if self._kept_prefix:
+                self._kept_prefix -= 1
             if self._waiting_writers:
                 self._wake_writers(1)
             return item
@@ -279,6 +288,7 @@ class Mailbox(Generic[T]):
         count = min(limit, len(queue))
         batch = [queue.popleft() for _ in range(count)]
         self._received += count
+        self._kept_prefix = max(0, self._kept_prefix - count)
         if count and self._waiting_writers:
             self._wake_writers(count)
         return batch
@@ -328,4 +338,5 @@ class Mailbox(Generic[T]):
         self.close(reason)
         self._dropped += len(self._queue)
         self._queue.clear()
+        self._kept_prefix = 0
         self._unreported_drops = 0
