@@ -167,7 +167,9 @@ class Router(Generic[T]):
                 except trio.EndOfChannel:
                     break
                 for item in inbox.take_nowait(BATCH):
-                    await self._route(item)
+                    owed = self._offer(item)
+                    if owed:
+                        await self._deliver_waiting(item, owed)
                 if len(inbox):
                     await trio.lowlevel.checkpoint()
         finally:
@@ -177,27 +179,45 @@ class Router(Generic[T]):
             self._inbox.close(self._close_reason)
             self.close_subscribers(self._close_reason)
 
-    async def _route(self, item: T) -> None:
+    def _offer(self, item: T) -> list[Subscriber[T]] | None:
+        """Give ``item`` to every accepting subscriber that has room, without waiting.
+
+        Returns the ``BLOCK`` subscribers that were full, which are still owed the item.
+        """
         if self._pending:
             self._activate_pending()
         self._routed += 1
+        owed: list[Subscriber[T]] | None = None
         for subscriber in self._active:
             try:
                 accepts = subscriber.accepts
-                if accepts is not None and not accepts(item):
-                    continue
-                mailbox = subscriber.mailbox
-                try:
-                    mailbox.send_nowait(item)
-                except trio.WouldBlock:
-                    await mailbox.send(item)
+                if accepts is None or accepts(item):
+                    subscriber.mailbox.send_nowait(item)
+            except trio.WouldBlock:
+                if owed is None:
+                    owed = []
+                owed.append(subscriber)
             except trio.ClosedResourceError:
                 self.unsubscribe(subscriber)
             except Exception:
-                # A subscriber's own filter or policy hook is broken: it alone pays.
-                _log.exception("router: subscriber failed on an item; it is disconnected")
-                subscriber.mailbox.disconnect(SUBSCRIBER_FAILED)
+                self._fail(subscriber)
+        return owed
+
+    async def _deliver_waiting(self, item: T, owed: list[Subscriber[T]]) -> None:
+        """Wait for room at each full ``BLOCK`` subscriber, up to its ``block_timeout``."""
+        for subscriber in owed:
+            try:
+                await subscriber.mailbox.send(item)
+            except trio.ClosedResourceError:
                 self.unsubscribe(subscriber)
+            except Exception:
+                self._fail(subscriber)
+
+    def _fail(self, subscriber: Subscriber[T]) -> None:
+        # A subscriber's own filter or policy hook is broken: it alone pays.
+        _log.exception("router: subscriber failed on an item; it is disconnected")
+        subscriber.mailbox.disconnect(SUBSCRIBER_FAILED)
+        self.unsubscribe(subscriber)
 
     def _activate_pending(self) -> None:
         ready = [s for s in self._pending if s.starts_at <= self._routed]

@@ -117,7 +117,7 @@ def checked_stream(stream: object) -> str:
 
 def checked_data(data: object) -> Mapping[str, Any]:
     """A read-only copy of ``data`` if it is a mapping with str keys, else :exc:`InvalidEvent`."""
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise InvalidEvent(f"data must be a mapping, not {type(data).__name__}")
     copy = dict(data)
     for key in copy:

@@ -45,17 +45,21 @@ class Subscription:
     _mailbox: Mailbox[Event]
     _router: Router[Event]
     _subscriber: Subscriber[Event]
+    #: The mailbox's bound method, looked up once: reading is the hot path.
+    _take: Callable[[], Event | Dropped] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._take = self._mailbox.receive_nowait
 
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> Event:
-        mailbox = self._mailbox
         try:
             try:
-                item = mailbox.receive_nowait()
+                item = self._take()
             except trio.WouldBlock:
-                item = await mailbox.receive()
+                item = await self._mailbox.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
         if type(item) is Dropped:
@@ -71,7 +75,7 @@ class Subscription:
 
     def receive_nowait(self) -> Event:
         """The next event if one is queued, else :exc:`trio.WouldBlock`."""
-        item = self._mailbox.receive_nowait()
+        item = self._take()
         if type(item) is Dropped:
             return _dropped_marker(item.count)
         return item  # type: ignore[return-value]
