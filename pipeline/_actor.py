@@ -78,6 +78,8 @@ class RunActor:
     failure: tuple[str, str] | None = None
     #: Counts the run's retry graces, so a keeper acts only on its own grace.
     grace_generation: int = 0
+    #: When the current body phase's terminal event was published early (by an abort).
+    ended_at: int | None = None
     #: The terminal lifecycle data seen by a tracked run.
     tracked_terminal: Mapping[str, Any] | None = None
     _scope: trio.CancelScope | None = None
@@ -121,11 +123,23 @@ class RunActor:
                 self._scope.deadline = now + self._idle_window
 
     def abort(self, reason: str) -> bool:
-        """Stop the run: cancel its body (or tracking), or end its retry grace early."""
+        """Stop the run: cancel its body (or tracking), or end its retry grace early.
+
+        A running body's terminal events go out here and now when the router has room: once
+        aborted, the body can publish nothing more, so subscribers need not wait for it to
+        unwind. Otherwise they go out when the body has ended.
+        """
         if self.phase is Phase.ENDED:
             return False
         if self.stop_reason is None:
             self.stop_reason = reason
+            if (
+                self.phase is Phase.RUNNING
+                and self.ended_at is None
+                and self.core.router.free() >= MAX_TERMINAL_EVENTS
+            ):
+                self.ended_at = epoch_ms()
+                self.publish_aborted(reason, self.ended_at)
         if self._scope is not None:
             self._scope.cancel()
         self.wake()

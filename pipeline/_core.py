@@ -19,6 +19,8 @@ from ._event import Event
 __all__ = ["OUTCOMES", "BusCore"]
 
 OUTCOMES = ("ok", "error", "aborted", "timeout")
+#: The context of runs started without one; frozen, so every such run can share it.
+DEFAULT_CONTEXT = RunContext()
 
 
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
@@ -54,13 +56,14 @@ class BusCore:
             actor.failure = None
             actor.stop_reason = None
             actor.end_reason = None
+            actor.ended_at = None
             if context is not None:
                 actor.context = context
             actor.wake()
             return actor, True
         if len(self.runs) >= self.config.max_runs:
             raise TooManyRuns(f"{self.config.max_runs} runs are live (max_runs)")
-        actor = RunActor(run_id, context or RunContext(), self, phase)
+        actor = RunActor(run_id, context or DEFAULT_CONTEXT, self, phase)
         self.runs[run_id] = actor
         self.runs_started += 1
         return actor, False

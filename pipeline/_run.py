@@ -217,10 +217,13 @@ class BodyPhase:
         try:
             status, error, kind = _classify(remaining, scope, actor)
             keep = status == "error" and core.config.error_retry_grace > 0 and not core.closing
-            ended_at = epoch_ms()
-            await _publish_shielded(
-                core, lambda: _publish_terminal(actor, status, error, kind, ended_at, keep)
-            )
+            if actor.ended_at is not None:  # an abort already published the terminal events
+                ended_at = actor.ended_at
+            else:
+                ended_at = epoch_ms()
+                await _publish_shielded(
+                    core, lambda: _publish_terminal(actor, status, error, kind, ended_at, keep)
+                )
             if keep and core.closing:
                 # The bus began closing while the terminal event waited: no grace to wait in.
                 keep = False
@@ -232,7 +235,7 @@ class BodyPhase:
             if keep:
                 generation = actor.enter_grace()
                 core.supervisor.start_soon(
-                    keep_for_retry, core, actor, generation, name=f"grace:{actor.id}"
+                    keep_for_retry, core, actor, generation, name="pipeline.retry_grace"
                 )
                 kept = True
         finally:
@@ -268,16 +271,15 @@ def _classify(
 ) -> tuple[Status, str | None, str]:
     """The outcome status, error text and error kind of a body that left with ``exc``.
 
-    Once the run was aborted, the abort explains whatever the body raised on the way out.
+    Once the run was aborted, that is its outcome, however the body left: the abort explains
+    what it raised on the way out, and a body that returned before noticing was still stopped.
     """
-    if exc is None:
-        if scope.cancelled_caught:
-            if actor.stop_reason is not None:
-                return "aborted", actor.stop_reason, "aborted"
-            return "timeout", IDLE_TIMEOUT_ERROR, "timeout"
-        return "ok", None, ""
     if actor.stop_reason is not None:
         return "aborted", actor.stop_reason, "aborted"
+    if exc is None:
+        if scope.cancelled_caught:
+            return "timeout", IDLE_TIMEOUT_ERROR, "timeout"
+        return "ok", None, ""
     if isinstance(exc, Exception):
         return "error", describe(exc), type(exc).__name__
     # Cancelled from outside (its owner nursery is going away) or KeyboardInterrupt.

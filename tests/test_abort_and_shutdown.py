@@ -95,15 +95,31 @@ class TestAbort:
             await handle.wait()
         assert agent_bus.statistics().live_runs == 0
 
-    async def test_a_body_that_returns_before_noticing_the_abort_ends_ok(
+    async def test_an_abort_is_the_outcome_even_if_the_body_returns_before_noticing_it(
         self, agent_bus: pl.Bus
     ) -> None:
         async def body(run: pl.Run) -> None:
-            agent_bus.abort(run.id)  # no checkpoint follows, so the body finishes its work
+            agent_bus.abort(run.id)  # no checkpoint follows: the body returns normally
 
         with trio.fail_after(5):
-            outcome = await (await agent_bus.start_run(body)).wait()
-        assert outcome.status == "ok"
+            async with agent_bus.subscribe() as sub:
+                handle = await agent_bus.start_run(body, run_id="r1")
+                outcome = await handle.wait()
+                events = await collect_run(sub, "r1")
+        assert outcome.status == "aborted"
+        assert len(terminals(events, "r1")) == 1
+
+    async def test_the_terminal_event_is_published_by_abort_itself(self, agent_bus: pl.Bus) -> None:
+        with trio.fail_after(5):
+            handle = await agent_bus.start_run(parked, run_id="r1")
+            await trio.testing.wait_all_tasks_blocked()
+            published = agent_bus.statistics().events_published
+            handle.abort()
+            # No checkpoint yet: the body has not even seen its cancellation.
+            assert agent_bus.statistics().events_published == published + 1
+            assert handle.outcome is None
+            outcome = await handle.wait()
+        assert outcome.last_seq == 3  # start, the delta, the terminal
 
 
 class TestShutdown:
