@@ -28,3 +28,15 @@ def test_an_unknown_command_exits_with_usage() -> None:
     )
     assert result.returncode == 2
     assert "usage" in result.stderr
+
+
+def test_the_soak_reports_flat_memory_for_the_bus() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "soak", "--runs", "2000", "--no-tracemalloc"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "SPEC 5 target (within 1 MiB, by RSS): met" in result.stdout
+    assert "'timeout': 0" in result.stdout
