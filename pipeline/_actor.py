@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import enum
 import math
-import time
 from collections.abc import Mapping
+from time import time_ns
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -44,7 +44,7 @@ IDLE_REFRESH_FRACTION = 1 / 64
 
 
 def epoch_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return time_ns() // 1_000_000
 
 
 class Phase(enum.Enum):
@@ -181,32 +181,35 @@ class RunActor:
         stream: object, data: object, session_key: object
     ) -> tuple[str, Mapping[str, Any]]:
         """Validate what a caller wants to emit; :exc:`InvalidEvent` if it is malformed."""
-        stream = checked_stream(stream)
+        if type(stream) is not str or not stream.strip():
+            stream = checked_stream(stream)  # raises with the reason
         if stream in _RESERVED_STREAMS:
             raise InvalidEvent(f"stream {stream!r} is published by the bus, not by run bodies")
         if session_key is not None and not isinstance(session_key, str):
             raise InvalidEvent(f"session_key must be a str or None, not {session_key!r}")
         return stream, checked_data(data)
 
-    def session_key_for(self, own: str | None) -> str | None:
-        """The event's own non-blank key, else the context's; none for hidden runs."""
-        context = self.context
-        if not context.control_ui_visible:
-            return None
-        if own is not None and own.strip():
-            return own
-        return context.session_key
-
     def publish_agent(
         self, stream: str, data: Mapping[str, Any], session_key: str | None = None
     ) -> Event:
-        """Sequence, enrich and publish one agent event and the chat events it causes."""
-        key = self.session_key_for(session_key)
-        ts = epoch_ms()
+        """Sequence, enrich and publish one agent event and the chat events it causes.
+
+        Its session key is the event's own non-blank key, else the context's; none at all
+        for runs hidden from the control UI.
+        """
+        context = self.context
+        if not context.control_ui_visible:
+            key = None
+        elif session_key is not None and session_key.strip():
+            key = session_key
+        else:
+            key = context.session_key
+        ts = time_ns() // 1_000_000
         self.last_seq = seq = self.last_seq + 1
         event = Event(self.id, seq, stream, ts, data, key)
-        now = trio.current_time()
-        publish = self.core.publish
+        core = self.core
+        now = core.clock.current_time()
+        publish = core.publish
         if key is None:
             publish(event)
         else:
@@ -221,7 +224,8 @@ class RunActor:
             self.core.chat_truncations += chat.truncations - truncations
             if after is not None:
                 publish(Event(self.id, seq, CHAT, ts, after, key))
-        self._touch(now)
+        if now - self._refreshed_at >= self._idle_step:
+            self._touch(now)
         return event
 
     def _chat_projection(self) -> ChatProjection:

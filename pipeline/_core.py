@@ -37,6 +37,8 @@ class BusCore:
     #: Chat text or thinking updates cut to ``max_event_bytes`` characters.
     chat_truncations: int = 0
     _all_ended: trio.Event = attrs.field(factory=trio.Event)
+    #: The trio clock of the run the bus lives in (a MockClock in tests), looked up once.
+    clock: trio.abc.Clock = attrs.field(factory=trio.lowlevel.current_clock)
 
     def check_open(self) -> None:
         if self.closing:

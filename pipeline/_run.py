@@ -15,7 +15,7 @@ Whichever stretch is last releases the run's state in its ``finally``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Literal
 
@@ -72,10 +72,16 @@ class Run:
     def context(self) -> RunContext:
         return self._actor.context
 
-    async def emit(self, stream: str, data: Any, *, session_key: str | None = None) -> Event:
-        """Publish one event; waits only while the router's inbox is full."""
+    def emit(
+        self, stream: str, data: Any, *, session_key: str | None = None
+    ) -> Coroutine[Any, Any, Event]:
+        """Publish one event (``await run.emit(...)``); waits only while the router is full.
+
+        A plain method returning the coroutine that does the work: emitting is the hot path,
+        and one coroutine per event is cheaper than two. A stale ``Run`` raises at once.
+        """
         self._phase.check_active()
-        return await emit(self._actor, stream, data, session_key)
+        return emit(self._actor, stream, data, session_key)
 
     def emit_nowait(self, stream: str, data: Any, *, session_key: str | None = None) -> Event:
         """Publish one event; :exc:`trio.WouldBlock` if the router's inbox is full."""
