@@ -128,7 +128,9 @@ class Mailbox(Generic[T]):
         return self._closed_reason
 
     def free(self) -> int:
-        """How many items fit before the mailbox is full."""
+        """How many items fit before the mailbox is full; none once it is closed."""
+        if not self._open:
+            return 0
         return self.capacity - len(self._queue)
 
     def __len__(self) -> int:

@@ -212,3 +212,22 @@ class TestRetryState:
         end = events[-1]
         assert end.data["phase"] == "end"
         assert "stopReason" not in end.data
+
+
+class TestStoppedRouter:
+    async def test_aborting_a_run_after_the_router_stopped_does_not_raise(self) -> None:
+        # Cancelling a bus's owner nursery can stop the router before the bus closes; an
+        # abort must then leave publishing its terminal events to the run's own ending.
+        with trio.fail_after(5):
+            async with pl.open_bus() as bus:
+                handle = await bus.start_run(parked_forever, run_id="r1")
+                bus._core.router.close()  # what a cancelled router task leaves behind
+                await trio.testing.wait_all_tasks_blocked()
+                assert handle.abort() is True
+                outcome = await handle.wait()
+        assert outcome.status == "aborted"
+        assert bus.statistics().live_runs == 0
+
+
+async def parked_forever(run: pl.Run) -> None:
+    await trio.sleep_forever()

@@ -371,6 +371,13 @@ class TestReceive:
         assert drain(mailbox) == ["a", "B", "c", "D"]
 
 
+class TestFree:
+    def test_a_closed_mailbox_has_no_free_room(self) -> None:
+        mailbox = make_mailbox(capacity=4)
+        mailbox.close()
+        assert mailbox.free() == 0
+
+
 class TestWaitFree:
     async def test_wait_free_returns_at_once_when_the_slots_are_free(self) -> None:
         mailbox = make_mailbox(capacity=3)
