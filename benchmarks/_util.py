@@ -19,6 +19,25 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def print_peer_result(name: str, package: str, args: Any, rates: list[float]) -> None:
+    """A peer process's result: one JSON line on stdout, read back by :func:`run_module`."""
+    from importlib.metadata import version
+    from statistics import median
+
+    result = {
+        "name": name,
+        "version": version(package),
+        "workload": f"{args.runs} runs x {args.events} events",
+        "runs": args.runs,
+        "events": args.events,
+        "subscribers": args.subscribers,
+        "rounds": args.rounds,
+        "rates": rates,
+        "median_rate": median(rates),
+    }
+    print(json.dumps(result))
+
+
 def write_json(name: str, data: Any) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

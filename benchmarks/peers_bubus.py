@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import logging
-import statistics
 import sys
 import time
-from importlib.metadata import version
 from typing import Any
 
 from bubus import BaseEvent, EventBus
+
+from benchmarks._util import print_peer_result
 
 #: Events in flight at once (bubus refuses a dispatch at 100 pending); 8 measured fastest.
 IN_FLIGHT = 8
@@ -100,18 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         deliveries, seconds = asyncio.run(one_round(args.runs, args.events, args.subscribers, i))
         rates.append(deliveries / seconds)
         print(f"  bubus round: {deliveries / seconds:,.0f} deliveries/s", file=sys.stderr)
-    result = {
-        "name": "bubus EventBus",
-        "version": version("bubus"),
-        "workload": f"{args.runs} runs x {args.events} events",
-        "runs": args.runs,
-        "events": args.events,
-        "subscribers": args.subscribers,
-        "rounds": args.rounds,
-        "rates": rates,
-        "median_rate": statistics.median(rates),
-    }
-    print(json.dumps(result))
+    print_peer_result("bubus EventBus", "bubus", args, rates)
     return 0
 
 

@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
-import statistics
 import sys
 import time
-from importlib.metadata import version
 from typing import Any
 
 from pyee import EventEmitter
 from pyee.asyncio import AsyncIOEventEmitter
+
+from benchmarks._util import print_peer_result
 
 #: The bus's router buffer times its 8 subscribers: handler tasks allowed to be pending.
 PENDING_LIMIT = 8 * 1024
@@ -130,18 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         rates.append(deliveries / seconds)
         print(f"  pyee round: {deliveries / seconds:,.0f} deliveries/s", file=sys.stderr)
     name = "pyee EventEmitter (sync handlers)" if args.sync else "pyee AsyncIOEventEmitter"
-    result = {
-        "name": name,
-        "version": version("pyee"),
-        "workload": f"{args.runs} runs x {args.events} events",
-        "runs": args.runs,
-        "events": args.events,
-        "subscribers": args.subscribers,
-        "rounds": args.rounds,
-        "rates": rates,
-        "median_rate": statistics.median(rates),
-    }
-    print(json.dumps(result))
+    print_peer_result(name, "pyee", args, rates)
     return 0
 
 
