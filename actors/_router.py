@@ -9,6 +9,9 @@ mailbox's ``block_timeout``, then it is disconnected.
 
 A subscriber sees exactly the items published after :meth:`Router.subscribe` returned, even if
 older ones were still queued in the inbox at that moment.
+
+:meth:`Router.flush_nowait` lets a publisher route what is queued from its own task, for items
+that should not wait for the router task's turn in the scheduler (an abort's terminal event).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Generic, TypeVar
 import attrs
 import trio
 
-from ._mailbox import SLOW_CONSUMER, Mailbox, MailboxStatistics
+from ._mailbox import SLOW_CONSUMER, Mailbox, MailboxStatistics, Overflow
 
 __all__ = ["SUBSCRIBER_FAILED", "Router", "RouterStatistics", "Subscriber"]
 
@@ -79,6 +82,9 @@ class Router(Generic[T]):
     _published: int = attrs.field(init=False, default=0)
     _routed: int = attrs.field(init=False, default=0)
     _close_reason: str | None = attrs.field(init=False, default=None)
+    # True while the router task holds items taken from the inbox across an await (it waits
+    # for a full BLOCK subscriber): routing queued items then would overtake the held ones.
+    _holding: bool = attrs.field(init=False, default=False)
     # Counters of subscribers that have left, so statistics() stays a sum over all of them.
     _past_deliveries: int = attrs.field(init=False, default=0)
     _past_drops: int = attrs.field(init=False, default=0)
@@ -109,6 +115,29 @@ class Router(Generic[T]):
     async def wait_free(self, count: int) -> None:
         """Wait until the inbox takes ``count`` items without waiting."""
         await self._inbox.wait_free(count)
+
+    def flush_nowait(self) -> bool:
+        """Route every queued item now, in the caller's task, if no subscriber makes that wait.
+
+        Subscribers then hold the items before this returns, instead of one scheduler turn
+        later (two, counting the reader's). The order stays the inbox's order. Returns False,
+        routing nothing, while the router task is waiting on a full ``BLOCK`` subscriber or when
+        one has less room than there are queued items; the router task routes them as usual.
+        The cost is the router's own for these items: bounded by the inbox's capacity.
+        """
+        inbox = self._inbox
+        queued = len(inbox)
+        if self._holding:
+            return False
+        for subscriber in (*self._active, *self._pending):
+            mailbox = subscriber.mailbox
+            short = mailbox.free() < queued and not mailbox.closed  # closed takes nothing
+            if short and mailbox.overflow is Overflow.BLOCK:
+                return False
+        for item in inbox.take_nowait(queued):
+            owed = self._offer(item)
+            assert owed is None, "a BLOCK subscriber with room refused an item"
+        return True
 
     # ---- subscribers -------------------------------------------------------------------------
 
@@ -169,7 +198,9 @@ class Router(Generic[T]):
                 for item in inbox.take_nowait(BATCH):
                     owed = self._offer(item)
                     if owed:
+                        self._holding = True
                         await self._deliver_waiting(item, owed)
+                self._holding = False
                 if len(inbox):
                     await trio.lowlevel.checkpoint()
         finally:

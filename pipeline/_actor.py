@@ -127,7 +127,9 @@ class RunActor:
 
         A running body's terminal events go out here and now when the router has room: once
         aborted, the body can publish nothing more, so subscribers need not wait for it to
-        unwind. Otherwise they go out when the body has ended.
+        unwind. They are routed at once too, with whatever is queued ahead of them, so every
+        subscriber holds them when this returns, unless a full ``BLOCK`` subscriber makes that
+        wait (then the router task delivers them). Otherwise they go out when the body has ended.
         """
         if self.phase is Phase.ENDED:
             return False
@@ -140,6 +142,7 @@ class RunActor:
             ):
                 self.ended_at = epoch_ms()
                 self.publish_aborted(reason, self.ended_at)
+                self.core.router.flush_nowait()
         if self._scope is not None:
             self._scope.cancel()
         self.wake()

@@ -506,8 +506,20 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     rows.append((f"Abort latency ({abort['live']} live runs, {abort['samples']} aborts)", "", ""))
-    rows.append(("  p50", f"{abort['p50_ms']:.3f} ms", f"runs emit every {abort['period']} s"))
-    rows.append(("  p99", f"{abort['p99_ms']:.3f} ms", "target < 1 ms"))
+    rows.append(
+        (
+            "  readable p50 / p99",
+            f"{abort['readable_p50_ms']:.3f} / {abort['readable_p99_ms']:.3f} ms",
+            f"in the subscription; target p99 < 1 ms; runs emit every {abort['period']} s",
+        )
+    )
+    rows.append(
+        (
+            "  seen p50 / p99",
+            f"{abort['p50_ms']:.3f} / {abort['p99_ms']:.3f} ms",
+            "read by the subscriber task (adds its scheduling and GC)",
+        )
+    )
     rows.append(
         (
             f"Stalled 8th subscriber ({stalled_w.runs} runs x {stalled_w.events} events, "

@@ -16,6 +16,7 @@ import trio
 
 from ._bus import Bus, open_bus
 from ._config import BusConfig, RunContext
+from ._event import LIFECYCLE
 from ._run import Run
 
 __all__ = ["DELTA", "abort_latency", "idle_cost"]
@@ -110,10 +111,14 @@ async def abort_latency(
     ``live`` runs emitting assistant deltas, each every ``period`` seconds (``None``: in a
     loop with only a checkpoint between emits, which saturates the bus).
 
-    One subscriber (BLOCK) reads every event. Each aborted run is replaced by a new one, so
-    ``live`` runs stay live. It checks that every aborted run's terminal event arrived
-    exactly once; aborts that ended otherwise than ``"aborted"`` are counted and reported
-    (``not_aborted``), since that is a bus bug the figure must not hide.
+    Two clocks stop per abort: ``readable`` when the terminal event can be read from a
+    subscription (the bus's part: abort routes it itself unless a subscriber is full), and
+    ``seen`` when a subscriber task that reads every event (BLOCK) has it, which adds that
+    task's wait for its turn in trio's scheduler among the emitting runs, and any garbage
+    collection in between. Each aborted run is replaced by a new one, so ``live`` runs stay
+    live. It checks that every aborted run's terminal event arrived exactly once; aborts that
+    ended otherwise than ``"aborted"`` are counted and reported (``not_aborted``), since that
+    is a bus bug the figure must not hide.
     """
     data = DELTA
 
@@ -132,6 +137,7 @@ async def abort_latency(
 
     pending: dict[str, float] = {}
     latencies: list[float] = []
+    readable: list[float] = []
     arrived = trio.Event()
     terminals = 0
     wrong: list[Any] = []
@@ -162,8 +168,15 @@ async def abort_latency(
         for i in range(samples):
             handle = handles[i % live]
             arrived = trio.Event()
-            pending[handle.id] = time.perf_counter()
-            handle.abort("bench")
+            async with bus.subscribe(run_id=handle.id, streams=[LIFECYCLE]) as probe:
+                pending[handle.id] = t0 = time.perf_counter()
+                handle.abort("bench")
+                try:
+                    terminal = probe.receive_nowait()
+                except trio.WouldBlock:
+                    terminal = await probe.receive()
+                readable.append(time.perf_counter() - t0)
+                assert terminal.data["phase"] == "end", terminal
             await arrived.wait()
             outcome = await handle.wait()
             statuses[outcome.status] = statuses.get(outcome.status, 0) + 1
@@ -176,11 +189,15 @@ async def abort_latency(
     assert terminals == samples, (terminals, samples)
     assert not pending, pending
     ordered = sorted(latencies)
+    ordered_readable = sorted(readable)
     return {
         "live": live,
         "samples": samples,
         "period": period,
         "events_per_second": deliveries / seconds,
+        "readable_p50_ms": _percentile(ordered_readable, 0.50) * 1000,
+        "readable_p99_ms": _percentile(ordered_readable, 0.99) * 1000,
+        "readable_max_ms": ordered_readable[-1] * 1000,
         "p50_ms": _percentile(ordered, 0.50) * 1000,
         "p99_ms": _percentile(ordered, 0.99) * 1000,
         "max_ms": ordered[-1] * 1000,

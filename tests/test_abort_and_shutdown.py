@@ -15,6 +15,16 @@ async def parked(run: pl.Run) -> None:
     await trio.sleep_forever()
 
 
+def readable_now(sub: pl.Subscription) -> list[pl.Event]:
+    """What ``sub`` holds now, read without yielding to the scheduler."""
+    events: list[pl.Event] = []
+    while True:
+        try:
+            events.append(sub.receive_nowait())
+        except trio.WouldBlock:
+            return events
+
+
 def terminals(events: list[pl.Event], run_id: str) -> list[pl.Event]:
     return [e for e in events if e.run_id == run_id and is_terminal(e)]
 
@@ -120,6 +130,49 @@ class TestAbort:
             assert handle.outcome is None
             outcome = await handle.wait()
         assert outcome.last_seq == 3  # start, the delta, the terminal
+
+    async def test_every_subscriber_holds_the_terminal_events_when_abort_returns(
+        self, agent_bus: pl.Bus
+    ) -> None:
+        context = pl.RunContext(session_key="main")
+        with trio.fail_after(5):
+            async with (
+                agent_bus.subscribe() as everything,
+                agent_bus.subscribe(session_key="main", streams=["chat"]) as chat,
+            ):
+                handle = await agent_bus.start_run(parked, run_id="r1", context=context)
+                await trio.testing.wait_all_tasks_blocked()
+                handle.abort("user stop")
+                # No checkpoint: what the subscribers hold now was routed by abort() itself.
+                held = [readable_now(everything), readable_now(chat)]
+        assert [(e.stream, e.seq) for e in held[0]] == [
+            ("lifecycle", 1),
+            ("assistant", 2),
+            ("chat", 2),
+            ("chat", 3),
+            ("lifecycle", 3),
+        ]
+        assert held[0][-1].data["aborted"] is True
+        assert [e.data["state"] for e in held[1]] == ["delta", "aborted"]
+
+    async def test_a_full_subscriber_still_gets_the_terminal_event_after_the_runs_events(
+        self, agent_bus: pl.Bus
+    ) -> None:
+        with trio.fail_after(5):
+            async with (
+                agent_bus.subscribe(buffer=1) as cramped,
+                agent_bus.subscribe() as roomy,
+            ):
+                handle = await agent_bus.start_run(parked, run_id="r1")
+                await trio.testing.wait_all_tasks_blocked()
+                handle.abort()
+                events = [await collect_run(sub, "r1") for sub in (cramped, roomy)]
+        for got in events:
+            assert [(e.stream, e.seq) for e in got] == [
+                ("lifecycle", 1),
+                ("assistant", 2),
+                ("lifecycle", 3),
+            ]
 
 
 class TestShutdown:

@@ -161,6 +161,95 @@ class TestFanOut:
             assert await read_to_end(late) == [3, 4]
 
 
+class TestFlushNowait:
+    """Routing what is queued from the publisher's own task, without the router task."""
+
+    async def test_flush_gives_every_subscriber_the_queued_items_before_it_returns(self) -> None:
+        router: Router[int] = Router(16)  # not served: only a flush routes
+        first, second = make_mailbox(), make_mailbox()
+        router.subscribe(first)
+        router.subscribe(second)
+        publish_all(router, [1, 2, 3])
+        assert router.flush_nowait() is True
+        assert (drain(first), drain(second)) == ([1, 2, 3], [1, 2, 3])
+
+    async def test_flush_empties_the_inbox(self) -> None:
+        router: Router[int] = Router(16)
+        router.subscribe(make_mailbox())
+        publish_all(router, [1, 2, 3])
+        router.flush_nowait()
+        assert router.statistics().queued == 0
+        assert router.free() == 16
+
+    async def test_flush_applies_each_subscribers_filter(self) -> None:
+        router: Router[int] = Router(16)
+        evens = make_mailbox()
+        router.subscribe(evens, even)
+        publish_all(router, range(6))
+        router.flush_nowait()
+        assert drain(evens) == [0, 2, 4]
+
+    async def test_a_subscriber_added_while_items_are_queued_gets_only_later_ones_from_a_flush(
+        self,
+    ) -> None:
+        router: Router[int] = Router(16)
+        early = make_mailbox()
+        router.subscribe(early)
+        publish_all(router, [1, 2])
+        late = make_mailbox()
+        router.subscribe(late)
+        publish_all(router, [3])
+        router.flush_nowait()
+        assert (drain(early), drain(late)) == ([1, 2, 3], [3])
+
+    async def test_a_full_drop_subscriber_does_not_stop_a_flush(self) -> None:
+        router: Router[int] = Router(16)
+        dropping = make_mailbox(capacity=1, overflow=Overflow.DROP_NEWEST)
+        router.subscribe(dropping)
+        publish_all(router, [1, 2, 3])
+        assert router.flush_nowait() is True
+        assert drain(dropping) == [Dropped(2), 1]  # a mailbox reports losses first
+
+    async def test_flush_refuses_when_a_block_subscriber_lacks_room_for_the_queued_items(
+        self,
+    ) -> None:
+        router: Router[int] = Router(16)
+        roomy, cramped = make_mailbox(), make_mailbox(capacity=2)
+        router.subscribe(roomy)
+        router.subscribe(cramped)
+        publish_all(router, [1, 2, 3])
+        assert router.flush_nowait() is False
+        assert (drain(roomy), drain(cramped), router.statistics().queued) == ([], [], 3)
+
+    async def test_flush_refuses_while_the_router_waits_on_a_full_block_subscriber(
+        self, router: Router[int]
+    ) -> None:
+        holder = make_mailbox(capacity=1)  # BLOCK, no timeout: holds the router on item 1
+        router.subscribe(holder)
+        publish_all(router, [0, 1, 2])
+        await trio.testing.wait_all_tasks_blocked()
+        assert holder.receive_nowait() == 0  # room for the queued item 3, but 1 and 2 are held
+        publish_all(router, [3])
+        assert router.flush_nowait() is False
+        router.close()
+        with trio.fail_after(5):
+            assert await read_to_end(holder) == [1, 2, 3]
+
+    async def test_items_stay_in_publish_order_across_flushes_and_the_router_task(
+        self, router: Router[int]
+    ) -> None:
+        reader = make_mailbox()
+        router.subscribe(reader)
+        publish_all(router, [0, 1])
+        await trio.testing.wait_all_tasks_blocked()
+        publish_all(router, [2, 3])
+        router.flush_nowait()
+        publish_all(router, [4, 5])
+        router.close()
+        with trio.fail_after(5):
+            assert await read_to_end(reader) == [0, 1, 2, 3, 4, 5]
+
+
 class TestClose:
     async def test_close_lets_the_router_deliver_what_is_queued_before_the_end(
         self, router: Router[int]
