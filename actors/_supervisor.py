@@ -64,6 +64,34 @@ class Supervisor:
         """
         return await self._nursery.start(self._guard_started, fn, args, name, name=name)
 
+    async def start_self_guarded(
+        self, fn: Callable[..., Awaitable[object]], *args: Any, name: str
+    ) -> Any:
+        """Like :meth:`start`, for a child that is its own guard: no guard coroutine wraps it.
+
+        For children that live long and in great numbers (a bus's runs): the guard coroutine
+        :meth:`start` adds costs about 0.4 KB per live child.
+
+        ``fn(*args, task_status=...)`` must call :meth:`child_started` first and
+        :meth:`child_ended` in a ``finally``, and after ``started()`` catch every ``Exception``
+        and pass it to :meth:`child_failed` instead of raising it. One raised before
+        ``started()`` propagates from here, as with :meth:`start`.
+        """
+        return await self._nursery.start(fn, *args, name=name)
+
+    def child_started(self) -> None:
+        """Count a self-guarded child (see :meth:`start_self_guarded`) as started and running."""
+        self._started += 1
+        self._running += 1
+
+    def child_ended(self) -> None:
+        """Count a self-guarded child as no longer running (call it in its ``finally``)."""
+        self._running -= 1
+
+    def child_failed(self, name: str) -> None:
+        """Log and count the ``Exception`` being handled, raised by the self-guarded ``name``."""
+        self._report(name)
+
     def cancel(self) -> None:
         """Cancel every child now."""
         self._nursery.cancel_scope.cancel()
@@ -118,7 +146,7 @@ class Supervisor:
         self.logger.exception("%s: child %r failed; its siblings go on", self.name, name)
 
 
-@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP, weakref_slot=False)
 class _TrackedStatus:
     """A task status that remembers whether ``started()`` was called."""
 

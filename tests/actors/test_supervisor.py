@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -211,6 +212,77 @@ class TestStart:
             async with open_supervisor() as supervisor:
                 with pytest.raises(RuntimeError, match="started"):
                     await supervisor.start(service, name="service")
+
+
+class TestStartSelfGuarded:
+    """A self-guarded child does its guard's job through child_started/ended/failed."""
+
+    @staticmethod
+    async def guarded(
+        supervisor: actors.Supervisor,
+        work: Callable[[], Awaitable[None]],
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        supervisor.child_started()
+        try:
+            task_status.started("up")
+            await work()
+        except Exception:
+            supervisor.child_failed("guarded")
+        finally:
+            supervisor.child_ended()
+
+    async def test_start_self_guarded_returns_the_value_passed_to_started(self) -> None:
+        with trio.fail_after(5):
+            async with open_supervisor() as supervisor:
+                value = await supervisor.start_self_guarded(
+                    self.guarded, supervisor, trio.lowlevel.checkpoint, name="guarded"
+                )
+        assert value == "up"
+
+    async def test_a_self_guarded_child_is_counted_as_running_until_it_ends(self) -> None:
+        release = trio.Event()
+        with trio.fail_after(5):
+            async with open_supervisor() as supervisor:
+                await supervisor.start_self_guarded(
+                    self.guarded, supervisor, release.wait, name="guarded"
+                )
+                during = supervisor.statistics()
+                release.set()
+        assert (during, supervisor.statistics()) == (
+            SupervisorStatistics(started=1, running=1, failed=0),
+            SupervisorStatistics(started=1, running=0, failed=0),
+        )
+
+    async def test_child_failed_logs_and_counts_the_exception_being_handled(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        async def broken() -> None:
+            raise Boom("broke later")
+
+        with trio.fail_after(5):
+            async with open_supervisor() as supervisor:
+                await supervisor.start_self_guarded(
+                    self.guarded, supervisor, broken, name="guarded"
+                )
+        [record] = failures(caplog)
+        assert record.exc_info is not None
+        assert isinstance(record.exc_info[1], Boom)
+        assert "'guarded'" in record.getMessage()
+        assert supervisor.statistics() == SupervisorStatistics(started=1, running=0, failed=1)
+
+    async def test_an_exception_before_started_propagates_from_start_self_guarded(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        async def service(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            raise Boom("not ready")
+
+        with trio.fail_after(5):
+            async with open_supervisor() as supervisor:
+                with pytest.raises(Boom, match="not ready"):
+                    await supervisor.start_self_guarded(service, name="service")
+        assert (failures(caplog), supervisor.statistics().failed) == ([], 0)
 
 
 class TestShutdown:
