@@ -59,7 +59,7 @@ class Phase(enum.Enum):
     ENDED = "ended"
 
 
-@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP, weakref_slot=False)
 class RunActor:
     """The state of one live run."""
 
@@ -90,15 +90,6 @@ class RunActor:
     #: made only for those stretches, so a running body does not pay for it.
     _wakeup: trio.Event | None = None
     _refreshed_at: float = -math.inf
-    #: How often the idle deadline moves, and how far ahead it is put (inf: no idle timeout).
-    _idle_step: float = attrs.field(init=False, default=math.inf)
-    _idle_window: float = attrs.field(init=False, default=math.inf)
-
-    def __attrs_post_init__(self) -> None:
-        idle = self.core.config.run_idle_timeout
-        if idle is not None:
-            self._idle_step = idle * IDLE_REFRESH_FRACTION
-            self._idle_window = idle + self._idle_step
 
     # ---- scope, idle deadline, abort ---------------------------------------------------------
 
@@ -117,10 +108,11 @@ class RunActor:
 
     def _touch(self, now: float) -> None:
         """Note activity: push the idle deadline, at most once per refresh step."""
-        if now - self._refreshed_at >= self._idle_step:
+        core = self.core
+        if now - self._refreshed_at >= core.idle_step:
             self._refreshed_at = now
             if self._scope is not None:
-                self._scope.deadline = now + self._idle_window
+                self._scope.deadline = now + core.idle_window
 
     def abort(self, reason: str) -> bool:
         """Stop the run: cancel its body (or tracking), or end its retry grace early.
@@ -227,7 +219,7 @@ class RunActor:
             self.core.chat_truncations += chat.truncations - truncations
             if after is not None:
                 publish(Event(self.id, seq, CHAT, ts, after, key))
-        if now - self._refreshed_at >= self._idle_step:
+        if now - self._refreshed_at >= core.idle_step:
             self._touch(now)
         return event
 

@@ -52,6 +52,10 @@ class BusStatistics:
     failures: int
 
 
+#: The task name of every run started by ``start_run``.
+_RUN_TASK_NAME = "pipeline.run"
+
+
 def _run_id(run_id: str | None) -> str:
     if run_id is None:
         return uuid.uuid4().hex
@@ -107,28 +111,15 @@ class Bus:
         run_id = _run_id(run_id)
         context = _context(context)
         self._core.check_open()
-        handle: RunHandle = await self._core.supervisor.start(
+        phase = BodyPhase(self._core, run_id, context, reraise=False)
+        handle: RunHandle = await self._core.supervisor.start_self_guarded(
             # One shared task name: a per-run f-string would cost every live run ~80 bytes.
-            self._serve_body,
+            _serve_body,
+            phase,
             body,
-            run_id,
-            context,
-            name="pipeline.run",
+            name=_RUN_TASK_NAME,
         )
         return handle
-
-    async def _serve_body(
-        self,
-        body: RunBody,
-        run_id: str,
-        context: RunContext | None,
-        *,
-        task_status: trio.TaskStatus[RunHandle],
-    ) -> None:
-        phase = BodyPhase(self._core, run_id, context, reraise=False)
-        async with phase as run:
-            task_status.started(phase.handle)
-            await body(run)
 
     def run(
         self, *, run_id: str | None = None, context: RunContext | None = None
@@ -313,3 +304,37 @@ async def open_bus(config: BusConfig | None = None) -> AsyncIterator[Bus]:
 
 def _new_core(config: BusConfig, supervisor: Supervisor) -> BusCore:
     return BusCore(config, Router(config.router_buffer), supervisor)
+
+
+async def _serve_body(
+    phase: BodyPhase, body: RunBody, *, task_status: trio.TaskStatus[RunHandle]
+) -> None:
+    """The root coroutine of a ``start_run`` task, and its own supervisor guard.
+
+    Every live run keeps this frame (twice: trio also makes its frame object), so it has as
+    few locals as it can, no guard coroutine around it (see Supervisor.start_self_guarded), and
+    calls the phase's ``__aenter__``/``__aexit__`` itself rather than through ``async with``,
+    which would keep a bound method on the frame's stack.
+    """
+    phase.core.supervisor.child_started()
+    try:
+        run = await phase.__aenter__()
+    except BaseException:
+        phase.core.supervisor.child_ended()
+        raise  # before started(): start_run's caller gets it
+    try:
+        try:
+            task_status.started(phase.handle)
+            # Hold no reference to trio's task status once started: it would keep trio's
+            # temporary start scope alive (about 1 KB) for the run's whole life.
+            del task_status
+            await body(run)
+        except BaseException as exc:
+            if not await phase.__aexit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            await phase.__aexit__(None, None, None)
+    except Exception:
+        phase.core.supervisor.child_failed(_RUN_TASK_NAME)
+    finally:
+        phase.core.supervisor.child_ended()

@@ -6,12 +6,14 @@ index ``run id -> live actor``, whose size is the number of live runs, bounded b
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import trio
 
 from actors import Router, Supervisor
 
-from ._actor import Phase, RunActor
+from ._actor import IDLE_REFRESH_FRACTION, Phase, RunActor
 from ._config import BusConfig, RunContext
 from ._errors import BusClosed, RunAlreadyActive, TooManyRuns
 from ._event import Event
@@ -39,6 +41,16 @@ class BusCore:
     _all_ended: trio.Event = attrs.field(factory=trio.Event)
     #: The trio clock of the run the bus lives in (a MockClock in tests), looked up once.
     clock: trio.abc.Clock = attrs.field(factory=trio.lowlevel.current_clock)
+    #: How often a run's idle deadline moves, and how far ahead it is put (inf: no idle
+    #: timeout). Kept here, not per run: every run of the bus shares them.
+    idle_step: float = attrs.field(init=False, default=math.inf)
+    idle_window: float = attrs.field(init=False, default=math.inf)
+
+    def __attrs_post_init__(self) -> None:
+        idle = self.config.run_idle_timeout
+        if idle is not None:
+            self.idle_step = idle * IDLE_REFRESH_FRACTION
+            self.idle_window = idle + self.idle_step
 
     def check_open(self) -> None:
         if self.closing:

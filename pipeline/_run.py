@@ -163,7 +163,7 @@ class RunHandle:
             self._done.set()
 
 
-@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP, weakref_slot=False)
 class BodyPhase:
     """One body's stretch of a run, as an async context manager around the body.
 

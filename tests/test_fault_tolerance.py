@@ -7,6 +7,7 @@ import trio
 import trio.testing
 
 import pipeline as pl
+from pipeline._core import BusCore
 from pipeline.testing import is_terminal
 
 
@@ -231,3 +232,33 @@ class TestStoppedRouter:
 
 async def parked_forever(run: pl.Run) -> None:
     await trio.sleep_forever()
+
+
+class TestBugInARunsOwnEnding:
+    async def test_it_is_logged_counted_and_ends_only_that_run(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        record = BusCore.record
+
+        def broken_for_one_run(core: BusCore, status: str) -> None:
+            if status == "error":
+                raise RuntimeError("bookkeeping bug")
+            record(core, status)
+
+        async def fail(run: pl.Run) -> None:
+            raise ValueError("the body's own failure")
+
+        async def work(run: pl.Run) -> None:
+            await run.emit("assistant", {"delta": "hi"})
+
+        monkeypatch.setattr(BusCore, "record", broken_for_one_run)
+        with trio.fail_after(5):
+            async with pl.open_bus() as bus:
+                broken = await bus.start_run(fail, run_id="broken")
+                healthy = await bus.start_run(work, run_id="healthy")
+                outcomes = (await broken.wait(), await healthy.wait())
+                stats = bus.statistics()
+        assert [o.status for o in outcomes] == ["error", "ok"]
+        assert outcomes[0].error == "the body's own failure"
+        assert (stats.failures, stats.live_runs) == (1, 0)
+        assert any("bookkeeping bug" in r.exc_text for r in caplog.records if r.exc_text)
