@@ -29,6 +29,10 @@ async def fail() -> None:
     raise Boom("child broke")
 
 
+async def not_ready(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    raise Boom("not ready")
+
+
 def failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.levelno >= logging.ERROR]
 
@@ -165,25 +169,19 @@ class TestStart:
     async def test_an_exception_before_started_propagates_unwrapped_from_start(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
-        async def service(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            raise Boom("not ready")
-
         with trio.fail_after(5):
             async with open_supervisor() as supervisor:
                 with pytest.raises(Boom, match="not ready") as info:
-                    await supervisor.start(service, name="service")
+                    await supervisor.start(not_ready, name="service")
         assert type(info.value) is Boom
 
     async def test_an_exception_before_started_is_neither_logged_nor_counted(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
-        async def service(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            raise Boom("not ready")
-
         with trio.fail_after(5):
             async with open_supervisor() as supervisor:
                 with pytest.raises(Boom):
-                    await supervisor.start(service, name="service")
+                    await supervisor.start(not_ready, name="service")
         assert (failures(caplog), supervisor.statistics().failed) == ([], 0)
 
     async def test_an_exception_after_started_is_logged_and_not_propagated(
@@ -275,13 +273,10 @@ class TestStartSelfGuarded:
     async def test_an_exception_before_started_propagates_from_start_self_guarded(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
-        async def service(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            raise Boom("not ready")
-
         with trio.fail_after(5):
             async with open_supervisor() as supervisor:
                 with pytest.raises(Boom, match="not ready"):
-                    await supervisor.start_self_guarded(service, name="service")
+                    await supervisor.start_self_guarded(not_ready, name="service")
         assert (failures(caplog), supervisor.statistics().failed) == ([], 0)
 
 
