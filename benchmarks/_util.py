@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -17,6 +18,24 @@ RESULTS = ROOT / "benchmarks" / "results"
 def say(line: str) -> None:
     """Progress goes to stderr; tables and figures to stdout."""
     print(line, file=sys.stderr, flush=True)
+
+
+def peer_arguments(description: str | None, *, runs: int, rounds: int) -> argparse.ArgumentParser:
+    """The command line every peer script takes: the workload's size and the rounds."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--events", type=int, default=100)
+    parser.add_argument("--subscribers", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser
+
+
+def check_peer_deliveries(counts: list[int], sums: list[int], runs: int, events: int) -> None:
+    """Every peer handler must have received every event (events + start + end) exactly once."""
+    n = events + 2
+    for count, total in zip(counts, sums, strict=True):
+        assert count == runs * n, f"a handler ran {count} times, expected {runs * n}"
+        assert total == runs * n * (n + 1) // 2, "a handler saw the wrong events"
 
 
 def print_peer_result(name: str, package: str, args: Any, rates: list[float]) -> None:

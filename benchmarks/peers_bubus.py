@@ -16,7 +16,6 @@ rounds; its history is bounded (50 events), so deliveries per second do not depe
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import logging
@@ -26,7 +25,7 @@ from typing import Any
 
 from bubus import BaseEvent, EventBus
 
-from benchmarks._util import print_peer_result
+from benchmarks._util import check_peer_deliveries, peer_arguments, print_peer_result
 
 #: Events in flight at once (bubus refuses a dispatch at 100 pending); 8 measured fastest.
 IN_FLIGHT = 8
@@ -78,20 +77,12 @@ async def one_round(runs: int, events: int, subscribers: int, index: int) -> tup
     await bus.wait_until_idle()
     seconds = time.perf_counter() - start
     await bus.stop(clear=True)
-    n = events + 2
-    for count, total in zip(counts, sums, strict=True):
-        assert count == runs * n, f"a handler ran {count} times, expected {runs * n}"
-        assert total == runs * n * (n + 1) // 2, "a handler saw the wrong events"
+    check_peer_deliveries(counts, sums, runs, events)
     return sum(counts), seconds
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--events", type=int, default=100)
-    parser.add_argument("--subscribers", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args(argv)
+    args = peer_arguments(__doc__, runs=10, rounds=3).parse_args(argv)
     logging.getLogger("bubus").setLevel(logging.ERROR)
     rates = []
     for i in range(args.rounds):

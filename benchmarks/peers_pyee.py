@@ -14,7 +14,6 @@ is a direct function call per handler, not a bus (no queue, no isolation, no bac
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 from pyee import EventEmitter
 from pyee.asyncio import AsyncIOEventEmitter
 
-from benchmarks._util import print_peer_result
+from benchmarks._util import check_peer_deliveries, peer_arguments, print_peer_result
 
 #: The bus's router buffer times its 8 subscribers: handler tasks allowed to be pending.
 PENDING_LIMIT = 8 * 1024
@@ -69,7 +68,7 @@ async def one_round(runs: int, events: int, subscribers: int) -> tuple[int, floa
     await asyncio.gather(*tasks)
     await ee.wait_for_complete()
     seconds = time.perf_counter() - start
-    check(counts, sums, runs, events)
+    check_peer_deliveries(counts, sums, runs, events)
     return sum(counts), seconds
 
 
@@ -99,24 +98,12 @@ def sync_round(runs: int, events: int, subscribers: int) -> tuple[int, float]:
             emit("event", (run_id, seq, "assistant", data))
         emit("event", (run_id, seq + 1, "lifecycle", data))
     seconds = time.perf_counter() - start
-    check(counts, sums, runs, events)
+    check_peer_deliveries(counts, sums, runs, events)
     return sum(counts), seconds
 
 
-def check(counts: list[int], sums: list[int], runs: int, events: int) -> None:
-    """Every subscriber must have received every event exactly once."""
-    n = events + 2
-    for count, total in zip(counts, sums, strict=True):
-        assert count == runs * n, f"a handler ran {count} times, expected {runs * n}"
-        assert total == runs * n * (n + 1) // 2, "a handler saw the wrong events"
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=1_000)
-    parser.add_argument("--events", type=int, default=100)
-    parser.add_argument("--subscribers", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = peer_arguments(__doc__, runs=1_000, rounds=5)
     parser.add_argument("--sync", action="store_true", help="plain EventEmitter, sync handlers")
     args = parser.parse_args(argv)
     rates = []
