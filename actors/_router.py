@@ -125,10 +125,10 @@ class Router(Generic[T]):
         one has less room than there are queued items; the router task routes them as usual.
         The cost is the router's own for these items: bounded by the inbox's capacity.
         """
-        inbox = self._inbox
-        queued = len(inbox)
         if self._holding:
             return False
+        inbox = self._inbox
+        queued = len(inbox)
         for subscriber in (*self._active, *self._pending):
             mailbox = subscriber.mailbox
             short = mailbox.free() < queued and not mailbox.closed  # closed takes nothing

@@ -98,7 +98,7 @@ class RunActor:
         scope = trio.CancelScope()
         self._scope = scope
         self._refreshed_at = -math.inf
-        self._touch(trio.current_time())
+        self._touch(self.core.clock.current_time())
         if self.stop_reason is not None:
             scope.cancel()
         return scope
@@ -311,7 +311,7 @@ class RunActor:
             )
         self.last_seq = event.seq
         self.core.publish(event)
-        self._touch(trio.current_time())
+        self._touch(self.core.clock.current_time())
         if (
             self.phase is Phase.TRACKING
             and event.stream == LIFECYCLE
