@@ -16,10 +16,12 @@ async def main() -> None:
             handle = await bus.start_run(agent, run_id="r1", context=context)
             async for event in sub:
                 print(event.seq, event.stream, dict(event.data))
-                if event.stream == "chat" and event.data["state"] == "final":
+                # Lifecycle "end" or "error" ends every run, failed or aborted too
+                # (chat "final" comes only when a run with a session key succeeds).
+                if event.stream == "lifecycle" and event.data["phase"] in ("end", "error"):
                     break
             outcome = await handle.wait()
-            assert outcome.status == "ok"
+            print("outcome:", outcome.status)
 
 
 if __name__ == "__main__":
