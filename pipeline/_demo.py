@@ -1,8 +1,13 @@
 """A simulated agent gateway on the bus: hundreds of runs, a live view, a summary.
 
 Several sessions start runs that think, stream assistant text and call tools; some fail, some
-are aborted by their user. A UI client follows one session, a logger counts everything, and a
-slow mobile client on a drop policy shows that one slow reader costs nobody else anything.
+stall and are stopped by their user. A UI client follows one session, a logger counts
+everything, and a slow mobile client on a drop policy shows that one slow reader costs nobody
+else anything.
+
+Every run's script (its words, whether it calls a tool, how it ends) is drawn from the seed
+before the run starts, so the same --seed gives the same runs and the same outcome counts, at
+any --pace.
 """
 
 from __future__ import annotations
@@ -56,11 +61,60 @@ WORDS = [
     "own",
     "pace",
 ]
+#: How the runs end, with their relative weights: "fail" runs raise, "abort" runs stall until
+#: their user presses stop.
+FATES = {"ok": 80, "fail": 10, "abort": 10}
+
+
+@attrs.frozen
+class Script:
+    """What one simulated run does, drawn up front from the seed."""
+
+    index: int
+    session: str
+    words: tuple[str, ...]
+    use_tool: bool
+    #: ``"ok"``, ``"fail"`` or ``"abort"`` (see :data:`FATES`).
+    fate: str
+    #: The assistant delta (counting from 0) after which a "fail" run raises and an "abort"
+    #: run stalls.
+    stop_at: int
+    #: The pause before the next run starts, as a fraction of 10 ms (times ``--pace``).
+    gap: float
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.index:03d}-{self.session}"
+
+
+def draw_scripts(runs: int, seed: int) -> list[Script]:
+    """The scripts of ``runs`` runs: a pure function of ``seed``."""
+    rng = random.Random(seed)
+    scripts = []
+    for index in range(runs):
+        words = tuple(rng.sample(WORDS, k=rng.randint(6, 14)))
+        scripts.append(
+            Script(
+                index=index,
+                session=SESSIONS[index % len(SESSIONS)],
+                words=words,
+                use_tool=rng.random() < 0.5,
+                fate=rng.choices(list(FATES), weights=list(FATES.values()))[0],
+                stop_at=rng.randrange(len(words) - 1),
+                gap=rng.random(),
+            )
+        )
+    return scripts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=300, help="runs to simulate (default 300)")
-    parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=7,
+        help="random seed; the same seed gives the same runs and outcomes (default 7)",
+    )
     parser.add_argument(
         "--pace",
         type=float,
@@ -90,7 +144,7 @@ class _Tally:
 
 
 async def _main(runs: int, seed: int, pace: float, watch: str) -> None:
-    rng = random.Random(seed)
+    scripts = draw_scripts(runs, seed)
     started = time.perf_counter()
     config = BusConfig(max_runs=runs + 10, error_retry_grace=0.2 * pace)
     tallies = [_Tally(f"ui ({watch})"), _Tally("logger (all)"), _Tally("slow mobile (bob)")]
@@ -106,9 +160,9 @@ async def _main(runs: int, seed: int, pace: float, watch: str) -> None:
                 _slow_reader(pace),
             )
             async with trio.open_nursery() as gateway:
-                for index in range(runs):
-                    gateway.start_soon(_one_run, bus, rng, index, pace)
-                    await trio.sleep(0.01 * pace * rng.random())
+                for script in scripts:
+                    gateway.start_soon(_one_run, bus, script, seed, pace)
+                    await trio.sleep(0.01 * pace * script.gap)
         # Closed: runs still in their retry grace were ended, every subscription drained.
         stats = bus.statistics()
     _summary(stats, tallies, time.perf_counter() - started)
@@ -176,30 +230,41 @@ def _clip(text: str, width: int = 60) -> str:
     return repr(text if len(text) <= width else text[: width - 1] + "…")
 
 
-async def _one_run(bus: Bus, rng: random.Random, index: int, pace: float) -> None:
-    session = SESSIONS[index % len(SESSIONS)]
-    fate = rng.choices(["ok", "fail", "abort"], weights=[80, 10, 10])[0]
-    words = rng.sample(WORDS, k=rng.randint(6, 14))
-    use_tool = rng.random() < 0.5
+async def _one_run(bus: Bus, script: Script, seed: int, pace: float) -> None:
+    # The run's own generator: its latencies do not depend on how tasks interleave.
+    rng = random.Random(f"{seed}:{script.index}")
+    words = script.words
 
     async def body(run: Run) -> None:
         await run.emit("thinking", {"delta": "Let me think. "})
         for i, word in enumerate(words):
             await run.emit("assistant", {"delta": word + " "})
+            if i == script.stop_at and script.fate == "fail":
+                raise RuntimeError("model overloaded")
+            if i == script.stop_at and script.fate == "abort":
+                await trio.sleep_forever()  # the model stalls; its user presses stop
             await trio.sleep(0.03 * pace * rng.random())
-            if use_tool and i == len(words) // 2:
-                call = {"name": "search", "toolCallId": f"t{index}"}
+            if script.use_tool and i == len(words) // 2:
+                call = {"name": "search", "toolCallId": f"t{script.index}"}
                 await run.emit("tool", {"phase": "start", **call})
                 await run.emit("tool", {"phase": "update", "progress": 0.5, **call})
                 await trio.sleep(0.1 * pace)
                 await run.emit("tool", {"phase": "result", **call, "result": "3 hits"})
-            if fate == "fail" and i == len(words) // 3:
-                raise RuntimeError("model overloaded")
 
-    context = RunContext(session_key=session)
-    handle = await bus.start_run(body, run_id=f"{index:03d}-{session}", context=context)
-    if fate == "abort":
-        await trio.sleep(0.1 * pace)
+    context = RunContext(session_key=script.session)
+    if script.fate != "abort":
+        handle = await bus.start_run(body, run_id=script.run_id, context=context)
+    else:
+        # The user watches the answer come in and, once it stalls after the script's
+        # stop_at-th delta, presses stop: from outside the body, as a UI would.
+        async with bus.subscribe(run_id=script.run_id, streams=["assistant"]) as watch:
+            handle = await bus.start_run(body, run_id=script.run_id, context=context)
+            seen = 0
+            async for _ in watch:
+                seen += 1
+                if seen > script.stop_at:
+                    break
+        await trio.sleep(0.1 * pace * rng.random())
         handle.abort(reason="user pressed stop")
     await handle.wait()
 
