@@ -3,11 +3,13 @@
 Nothing here knows about agents or events; ``pipeline`` builds the agent event bus on it.
 """
 
+from ._cancel import cancel_requested as cancel_requested
 from ._mailbox import SLOW_CONSUMER as SLOW_CONSUMER
 from ._mailbox import Dropped as Dropped
 from ._mailbox import Mailbox as Mailbox
 from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._mailbox import Overflow as Overflow
+from ._router import ROUTER_STOPPED as ROUTER_STOPPED
 from ._router import SUBSCRIBER_FAILED as SUBSCRIBER_FAILED
 from ._router import Router as Router
 from ._router import RouterStatistics as RouterStatistics
@@ -17,6 +19,7 @@ from ._supervisor import SupervisorStatistics as SupervisorStatistics
 from ._supervisor import open_supervisor as open_supervisor
 
 __all__ = [
+    "ROUTER_STOPPED",
     "SLOW_CONSUMER",
     "SUBSCRIBER_FAILED",
     "Dropped",
@@ -28,5 +31,6 @@ __all__ = [
     "Subscriber",
     "Supervisor",
     "SupervisorStatistics",
+    "cancel_requested",
     "open_supervisor",
 ]

@@ -22,6 +22,8 @@ from typing import Generic, TypeVar
 import attrs
 import trio
 
+from ._cancel import cancel_requested
+
 __all__ = ["SLOW_CONSUMER", "Dropped", "Mailbox", "MailboxStatistics", "Overflow"]
 
 T = TypeVar("T")
@@ -166,9 +168,12 @@ class Mailbox(Generic[T]):
     async def send(self, item: T) -> None:
         """Put ``item`` in; under ``BLOCK``, wait up to ``block_timeout`` for space.
 
-        It returns without yielding when there is space. When the wait times out, the receiver is
-        disconnected as a slow consumer and :exc:`trio.ClosedResourceError` is raised.
+        It is always a cancellation point, and yields only when it waits. When the wait times
+        out, the receiver is disconnected as a slow consumer and
+        :exc:`trio.ClosedResourceError` is raised.
         """
+        if cancel_requested():
+            await trio.lowlevel.checkpoint()
         if self._open and len(self._queue) < self.capacity:
             self.send_nowait(item)
             return
@@ -186,8 +191,11 @@ class Mailbox(Generic[T]):
     async def wait_free(self, count: int) -> None:
         """Wait until at least ``count`` items fit (returns at once if they do).
 
-        Raises :exc:`trio.ClosedResourceError` if the mailbox is or becomes closed.
+        Raises :exc:`trio.ClosedResourceError` if the mailbox is or becomes closed. It is always
+        a cancellation point, and yields only when it waits.
         """
+        if cancel_requested():
+            await trio.lowlevel.checkpoint()
         if count > self.capacity:
             raise ValueError(f"cannot wait for {count} free slots in a mailbox of {self.capacity}")
         woken = False
@@ -274,8 +282,10 @@ class Mailbox(Generic[T]):
     async def receive(self) -> T | Dropped:
         """Like :meth:`receive_nowait`, but wait while the mailbox is open and empty.
 
-        It returns without yielding when an item is ready.
+        It is always a cancellation point, and yields only when it waits.
         """
+        if cancel_requested():
+            await trio.lowlevel.checkpoint()
         while self._open and not self._queue and not self._unreported_drops:
             await self._park_reader()
         return self.receive_nowait()
@@ -296,7 +306,12 @@ class Mailbox(Generic[T]):
         return batch
 
     async def wait_readable(self) -> None:
-        """Wait until an item is queued; raise :exc:`trio.EndOfChannel` once closed and drained."""
+        """Wait until an item is queued; raise :exc:`trio.EndOfChannel` once closed and drained.
+
+        It is always a cancellation point, and yields only when it waits.
+        """
+        if cancel_requested():
+            await trio.lowlevel.checkpoint()
         while self._open and not self._queue:
             await self._park_reader()
         if not self._queue:

@@ -25,14 +25,19 @@ import trio
 
 from ._mailbox import SLOW_CONSUMER, Mailbox, MailboxStatistics, Overflow
 
-__all__ = ["SUBSCRIBER_FAILED", "Router", "RouterStatistics", "Subscriber"]
+__all__ = ["ROUTER_STOPPED", "SUBSCRIBER_FAILED", "Router", "RouterStatistics", "Subscriber"]
 
 T = TypeVar("T")
 
 _log = logging.getLogger("actors.router")
 
-#: ``closed_reason`` of a subscriber removed because its filter or mailbox raised.
+#: ``closed_reason`` of a subscriber removed because its filter or mailbox raised (logged).
 SUBSCRIBER_FAILED = "subscriber failed"
+#: ``closed_reason`` of every subscriber when the router task ended without :meth:`close`
+#: (it was cancelled, or failed with a bug, which is logged by its supervisor).
+ROUTER_STOPPED = "router stopped"
+#: Reasons a subscriber was cut off rather than closed: counted as disconnects.
+_CUT_OFF = frozenset({SLOW_CONSUMER, SUBSCRIBER_FAILED})
 
 #: How many items the router fans out before it lets other tasks (the readers) run.
 BATCH = 64
@@ -50,7 +55,7 @@ class RouterStatistics:
     deliveries: int
     #: Items lost to subscribers' overflow policies or discarded by disconnects.
     drops: int
-    #: Subscribers cut off as slow consumers.
+    #: Subscribers cut off: as slow consumers, or because their filter or mailbox failed.
     disconnects: int
     #: Subscribers attached now.
     subscribers: int
@@ -166,7 +171,7 @@ class Router(Generic[T]):
 
     def _retire(self, subscriber: Subscriber[T]) -> None:
         mailbox = subscriber.mailbox
-        if mailbox.closed_reason == SLOW_CONSUMER:
+        if mailbox.closed_reason in _CUT_OFF:
             self._disconnects += 1
         mailbox.close()
         stats = mailbox.statistics()
@@ -206,7 +211,7 @@ class Router(Generic[T]):
         finally:
             # However it ends (closed, cancelled, or a bug), no publisher may wait on it.
             if self._close_reason is None:
-                self._close_reason = "router stopped"
+                self._close_reason = ROUTER_STOPPED
             self._inbox.close(self._close_reason)
             self.close_subscribers(self._close_reason)
 
@@ -275,6 +280,6 @@ class Router(Generic[T]):
             queued=len(self._inbox),
             deliveries=self._past_deliveries + sum(s.received for s in live),
             drops=self._past_drops + sum(s.dropped for s in live),
-            disconnects=self._disconnects + sum(s.closed_reason == SLOW_CONSUMER for s in live),
+            disconnects=self._disconnects + sum(s.closed_reason in _CUT_OFF for s in live),
             subscribers=len(live),
         )
