@@ -21,16 +21,26 @@ from ._errors import TooManyRuns as TooManyRuns
 from ._errors import TooManySubscribers as TooManySubscribers
 from ._errors import UnknownRun as UnknownRun
 from ._event import Event as Event
+from ._portal import BusPortal as BusPortal
 from ._run import Run as Run
 from ._run import RunHandle as RunHandle
 from ._run import RunOutcome as RunOutcome
+from ._subscription import BUS_CLOSED as BUS_CLOSED
+from ._subscription import ROUTER_STOPPED as ROUTER_STOPPED
+from ._subscription import SLOW_CONSUMER as SLOW_CONSUMER
+from ._subscription import SUBSCRIBER_FAILED as SUBSCRIBER_FAILED
 from ._subscription import Subscription as Subscription
 from ._subscription import SubscriptionStatistics as SubscriptionStatistics
 
 __all__ = [
+    "BUS_CLOSED",
+    "ROUTER_STOPPED",
+    "SLOW_CONSUMER",
+    "SUBSCRIBER_FAILED",
     "Bus",
     "BusClosed",
     "BusConfig",
+    "BusPortal",
     "BusStatistics",
     "Event",
     "EventTooLarge",

@@ -24,7 +24,18 @@ import trio
 from ._chat import ChatProjection
 from ._config import RunContext
 from ._errors import InvalidEvent, UnknownRun
-from ._event import CHAT, DROPPED_STREAM, LIFECYCLE, Event, checked_data, checked_stream
+from ._event import (
+    CHAT,
+    DROPPED_STREAM,
+    LIFECYCLE,
+    SEQ_GAP,
+    Event,
+    annotation_kind,
+    checked_data,
+    checked_stream,
+    is_terminal,
+)
+from ._frozen import FrozenDict, frozen_value
 
 if TYPE_CHECKING:
     from ._core import BusCore
@@ -90,6 +101,10 @@ class RunActor:
     #: made only for those stretches, so a running body does not pay for it.
     _wakeup: trio.Event | None = None
     _refreshed_at: float = -math.inf
+    #: Ingest's dedupe of annotations (chat and seq-gap events, which carry their cause's
+    #: seq): the newest annotation seq seen, and the kinds seen at it.
+    _noted_seq: int = 0
+    _noted_kinds: tuple[str, ...] = ()
 
     # ---- scope, idle deadline, abort ---------------------------------------------------------
 
@@ -182,7 +197,10 @@ class RunActor:
             raise InvalidEvent(f"stream {stream!r} is published by the bus, not by run bodies")
         if session_key is not None and not isinstance(session_key, str):
             raise InvalidEvent(f"session_key must be a str or None, not {session_key!r}")
-        return stream, checked_data(data)
+        frozen = checked_data(data)
+        if stream == "error" and frozen.get("reason") == SEQ_GAP:
+            raise InvalidEvent(f"an error with reason {SEQ_GAP!r} is the bus's own (ingest)")
+        return stream, frozen
 
     def publish_agent(
         self, stream: str, data: Mapping[str, Any], session_key: str | None = None
@@ -201,7 +219,9 @@ class RunActor:
             key = context.session_key
         ts = time_ns() // 1_000_000
         self.last_seq = seq = self.last_seq + 1
-        event = Event(self.id, seq, stream, ts, data, key)
+        # Events of a run known from ingest (a tracked run's own closing events) are not local.
+        remote = self.phase is Phase.TRACKING
+        event = Event(self.id, seq, stream, ts, data, key, remote)
         core = self.core
         now = core.clock.current_time()
         publish = core.publish
@@ -212,13 +232,13 @@ class RunActor:
             chat = self._chat_projection()
             before = chat.before(stream, data, now, ts)
             if before is not None:
-                publish(Event(self.id, seq, CHAT, ts, before, key))
+                publish(Event(self.id, seq, CHAT, ts, frozen_value(before), key, remote))
             publish(event)
             truncations = chat.truncations
             after = chat.after(stream, data, now, ts)
             self.core.chat_truncations += chat.truncations - truncations
             if after is not None:
-                publish(Event(self.id, seq, CHAT, ts, after, key))
+                publish(Event(self.id, seq, CHAT, ts, frozen_value(after), key, remote))
         if now - self._refreshed_at >= core.idle_step:
             self._touch(now)
         return event
@@ -238,20 +258,21 @@ class RunActor:
     def _publish_chat(self, payload: Mapping[str, Any] | None, seq: int, ts: int) -> None:
         key = self._closing_chat_key()
         if payload is not None and key is not None:
-            self.core.publish(Event(self.id, seq, CHAT, ts, payload, key))
+            remote = self.phase is Phase.TRACKING
+            self.core.publish(Event(self.id, seq, CHAT, ts, frozen_value(payload), key, remote))
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def publish_start(self) -> None:
         if not self.started_at:
             self.started_at = epoch_ms()
-        self.publish_agent(LIFECYCLE, {"phase": "start", "startedAt": self.started_at})
+        self.publish_agent(LIFECYCLE, FrozenDict(phase="start", startedAt=self.started_at))
 
     def publish_end(self, ended_at: int) -> None:
         data: dict[str, Any] = {"phase": "end", "startedAt": self.started_at, "endedAt": ended_at}
         if self.end_reason is not None:
             data["stopReason"] = self.end_reason
-        event = self.publish_agent(LIFECYCLE, data)
+        event = self.publish_agent(LIFECYCLE, FrozenDict(data))
         if self._closing_chat_key() is not None:
             for payload in self._chat_projection().final(self.end_reason, event.ts):
                 self._publish_chat(payload, event.seq, event.ts)
@@ -266,13 +287,13 @@ class RunActor:
             self._publish_chat(payload, self.last_seq + 1, ended_at)
         self.publish_agent(
             LIFECYCLE,
-            {
-                "phase": "end",
-                "aborted": True,
-                "stopReason": reason,
-                "startedAt": self.started_at,
-                "endedAt": ended_at,
-            },
+            FrozenDict(
+                phase="end",
+                aborted=True,
+                stopReason=reason,
+                startedAt=self.started_at,
+                endedAt=ended_at,
+            ),
         )
 
     def publish_error(self, message: str, kind: str, ended_at: int) -> None:
@@ -280,13 +301,13 @@ class RunActor:
         self.failure = (message, kind)
         self.publish_agent(
             LIFECYCLE,
-            {
-                "phase": "error",
-                "error": message,
-                "errorKind": kind,
-                "startedAt": self.started_at,
-                "endedAt": ended_at,
-            },
+            FrozenDict(
+                phase="error",
+                error=message,
+                errorKind=kind,
+                startedAt=self.started_at,
+                endedAt=ended_at,
+            ),
         )
 
     def publish_chat_error(self) -> None:
@@ -299,26 +320,43 @@ class RunActor:
     def publish_ingested(self, event: Event) -> bool:
         """Publish an event sequenced elsewhere, after dedupe and gap detection.
 
-        Returns False for a duplicate (``seq <= last_seq``), which is not published.
+        Returns False for a duplicate, which is not published: an agent event whose
+        ``seq <= last_seq``, or an annotation (chat, seq gap) already seen (see
+        :func:`annotation_kind`). Annotations neither move ``last_seq`` nor count for gaps, so
+        forwarding a run from bus to bus loses none of its events.
         """
-        last = self.last_seq
-        if event.seq <= last:
-            return False
-        if last > 0 and event.seq != last + 1:
-            gap = {"reason": "seq gap", "expected": last + 1, "received": event.seq}
-            self.core.publish(
-                Event(self.id, event.seq, "error", epoch_ms(), gap, event.session_key)
-            )
-        self.last_seq = event.seq
-        self.core.publish(event)
+        kind = annotation_kind(event)
+        if kind is not None:
+            if not self._note(event.seq, kind):
+                return False
+            self.core.publish(event)
+        else:
+            last = self.last_seq
+            if event.seq <= last:
+                return False
+            if last > 0 and event.seq != last + 1 and self._note(event.seq, SEQ_GAP):
+                # Unless an upstream bus already reported this gap (its event was noted).
+                gap = FrozenDict(reason=SEQ_GAP, expected=last + 1, received=event.seq)
+                self.core.publish(
+                    Event(self.id, event.seq, "error", epoch_ms(), gap, event.session_key, True)
+                )
+            self.last_seq = event.seq
+            self.core.publish(event)
+            if self.phase is Phase.TRACKING and is_terminal(event):
+                self.tracked_terminal = event.data
+                self.wake()
         self._touch(self.core.clock.current_time())
-        if (
-            self.phase is Phase.TRACKING
-            and event.stream == LIFECYCLE
-            and event.data.get("phase") in ("end", "error")
-        ):
-            self.tracked_terminal = event.data
-            self.wake()
+        return True
+
+    def _note(self, seq: int, kind: str) -> bool:
+        """Record annotation ``(seq, kind)``; False if it was seen already (or is older)."""
+        if seq > self._noted_seq:
+            self._noted_seq = seq
+            self._noted_kinds = (kind,)
+            return True
+        if seq < self._noted_seq or kind in self._noted_kinds:
+            return False
+        self._noted_kinds += (kind,)
         return True
 
     # ---- the end -----------------------------------------------------------------------------

@@ -10,14 +10,15 @@ from typing import Any
 import attrs
 import trio
 
-from actors import Mailbox, Overflow, Router, Supervisor, open_supervisor
+from actors import Mailbox, Overflow, Router, Supervisor, cancel_requested, open_supervisor
 
 from ._actor import MAX_EVENTS_PER_EMIT, Phase, RunActor
 from ._config import BusConfig, RunContext
 from ._core import OUTCOMES, BusCore
 from ._errors import InvalidEvent, RunAlreadyActive, TooManySubscribers, UnknownRun
-from ._event import DROPPED_STREAM, LIFECYCLE, Event, checked_event, is_droppable
-from ._run import BodyPhase, Run, RunBody, RunHandle, emit, track_ingested
+from ._event import DROPPED_STREAM, LIFECYCLE, Event, annotation_kind, checked_event, is_droppable
+from ._portal import BusPortal
+from ._run import SHUTDOWN, BodyPhase, Run, RunBody, RunHandle, emit, track_ingested
 from ._subscription import BUS_CLOSED, Subscription, event_filter
 
 __all__ = ["Bus", "BusStatistics", "open_bus"]
@@ -37,7 +38,7 @@ class BusStatistics:
     deliveries: int
     #: Events lost to overflow policies or discarded on disconnect.
     drops: int
-    #: Subscribers cut off as slow consumers.
+    #: Subscribers cut off: as slow consumers, or because their filter failed (a bug, logged).
     disconnects: int
     #: Ingested events dropped as duplicates.
     duplicates: int
@@ -92,6 +93,9 @@ class Bus:
     _subscribers: int = 0
     _router_done: trio.Event = attrs.field(factory=trio.Event)
     _closed: trio.Event = attrs.field(factory=trio.Event)
+    #: Shields the router from its owner's cancellation, so that closing can still deliver
+    #: the runs' terminal events; cancelled once closing has waited ``shutdown_timeout``.
+    _router_scope: trio.CancelScope = attrs.field(factory=lambda: trio.CancelScope(shield=True))
 
     @property
     def config(self) -> BusConfig:
@@ -106,6 +110,7 @@ class Bus:
 
         A ``run_id`` whose run is in its retry grace resumes that run.
         """
+        self._core.check_thread()
         if not callable(body):
             raise TypeError(f"body must be an async callable, not {body!r}")
         run_id = _run_id(run_id)
@@ -129,23 +134,27 @@ class Bus:
         An abort or idle timeout cancels the block (execution goes on after it); an exception
         raised in the block ends the run as an error and then propagates.
         """
+        self._core.check_thread()
         return BodyPhase(self._core, _run_id(run_id), _context(context), reraise=True)
 
     async def emit(
         self, run_id: str, stream: str, data: Any, *, session_key: str | None = None
     ) -> Event:
         """Emit into a live run from outside its body; :exc:`UnknownRun` if none is running."""
+        self._core.check_thread()
         self._core.check_open()
         return await emit(self._live(run_id), stream, data, session_key)
 
     def abort(self, run_id: str, *, reason: str = "rpc") -> bool:
         """Cancel a live run's body (or end its retry grace); False if no such live run."""
+        self._core.check_thread()
         reason = _reason(reason)
         actor = self._core.runs.get(run_id)
         return actor is not None and actor.abort(reason)
 
     def update_context(self, run_id: str, **fields: Any) -> RunContext:
         """Change only the given context fields of a live run; later events see the change."""
+        self._core.check_thread()
         actor = self._live(run_id)
         actor.context = actor.context.updated(**fields)
         return actor.context
@@ -161,21 +170,31 @@ class Bus:
     async def ingest(self, event: Event | Mapping[str, Any]) -> bool:
         """Take an event sequenced elsewhere; False if it was a duplicate and dropped.
 
-        Wire dicts are checked strictly (:exc:`InvalidEvent`, :exc:`EventTooLarge`). An event
-        for a run that is not live starts a tracked run, which counts against ``max_runs``.
+        Wire dicts are checked strictly (:exc:`InvalidEvent`, :exc:`EventTooLarge`). An agent
+        event for a run that is not live starts a tracked run, which counts against
+        ``max_runs``; an annotation (a chat or seq-gap event) for a run that is not live, such
+        as the chat ``final`` that follows a forwarded run's end, is published as it is and
+        tracks nothing. Always a cancellation point.
         """
         core = self._core
+        core.check_thread()
         if isinstance(event, Event):
-            event = checked_event(event)
+            event = checked_event(event, ingested=True)
         else:
             event = Event.from_wire(event, max_bytes=core.config.max_event_bytes)
+            event = checked_event(event, ingested=True)
         if event.stream == DROPPED_STREAM:
             raise InvalidEvent("'dropped' markers are made by each subscription, not ingested")
+        if cancel_requested():
+            await trio.lowlevel.checkpoint()
         core.check_open()
         await core.wait_room(MAX_EVENTS_PER_EMIT)
         # No await from here on: the room waited for above is still there.
         core.check_open()
         actor = core.runs.get(event.run_id)
+        if actor is None and annotation_kind(event) is not None:
+            core.publish(event)
+            return True
         if event.stream == LIFECYCLE and actor is not None and actor.phase is not Phase.TRACKING:
             raise RunAlreadyActive(
                 f"run {event.run_id!r} has a local body: its lifecycle events are the bus's"
@@ -200,14 +219,20 @@ class Bus:
         streams: Iterable[str] | None = None,
         overflow: Overflow = Overflow.BLOCK,
         buffer: int | None = None,
+        local_only: bool = False,
     ) -> AbstractAsyncContextManager[Subscription]:
         """Subscribe to the events published from now on that match every filter given.
 
         ``buffer`` defaults to ``subscriber_buffer``; ``overflow`` says what a full buffer does.
+        ``local_only`` leaves out events about runs known from ``ingest`` (made elsewhere), so
+        a bridge that forwards this bus's events to another never echoes what it ingested.
         """
+        self._core.check_thread()
         if not isinstance(overflow, Overflow):
             raise TypeError(f"overflow must be an Overflow, not {overflow!r}")
-        accepts = event_filter(run_id, session_key, streams)
+        if not isinstance(local_only, bool):
+            raise TypeError(f"local_only must be a bool, not {local_only!r}")
+        accepts = event_filter(run_id, session_key, streams, local_only=local_only)
         capacity = _buffer(buffer, self._core.config.subscriber_buffer)
         return self._subscription(accepts, overflow, capacity)
 
@@ -216,6 +241,8 @@ class Bus:
         self, accepts: Callable[[Event], bool] | None, overflow: Overflow, capacity: int
     ) -> AsyncIterator[Subscription]:
         core = self._core
+        if cancel_requested():
+            await trio.lowlevel.checkpoint()
         core.check_open()
         if self._subscribers >= core.config.max_subscribers:
             raise TooManySubscribers(
@@ -226,15 +253,24 @@ class Bus:
         subscriber = core.router.subscribe(mailbox, accepts)
         self._subscribers += 1
         try:
-            yield Subscription(mailbox, core.router, subscriber)
+            yield Subscription(mailbox, core.router, subscriber, core.thread)
         finally:
             self._subscribers -= 1
             core.router.unsubscribe(subscriber)
 
     # ---- state and shutdown ------------------------------------------------------------------
 
+    def portal(self) -> BusPortal:
+        """A portal through which other threads emit, abort and start runs (SPEC 4.8).
+
+        Call it in the bus's trio thread; use the portal from any other thread.
+        """
+        self._core.check_thread()
+        return BusPortal(self, trio.lowlevel.current_trio_token(), self._core.thread)
+
     def statistics(self) -> BusStatistics:
         core = self._core
+        core.check_thread()
         routed = core.router.statistics()
         return BusStatistics(
             live_runs=len(core.runs),
@@ -258,6 +294,7 @@ class Bus:
         subscription is ended anyway, and what was still queued in the router is not delivered.
         """
         core = self._core
+        core.check_thread()
         if core.closing:
             await self._closed.wait()
             return
@@ -265,7 +302,7 @@ class Bus:
         timeout = core.config.shutdown_timeout
         with trio.CancelScope(shield=True):
             for actor in list(core.runs.values()):
-                actor.abort("shutdown")
+                actor.abort(SHUTDOWN)
             with trio.move_on_after(timeout):
                 await core.wait_all_ended()
             core.router.close(BUS_CLOSED)
@@ -274,11 +311,15 @@ class Bus:
             if not self._router_done.is_set():
                 # The router is stuck on a full BLOCK subscriber: end every subscription anyway.
                 core.router.close_subscribers(BUS_CLOSED)
+                self._router_scope.cancel()
         self._closed.set()
 
     async def _serve_router(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """The router task, shielded: when the bus's owner is cancelled, the runs' terminal
+        events must still be routed while the bus closes (see :meth:`aclose`)."""
         try:
-            await self._core.router.serve(task_status=task_status)
+            with self._router_scope:
+                await self._core.router.serve(task_status=task_status)
         finally:
             self._router_done.set()
 

@@ -72,6 +72,11 @@ def _optional_str(inst: object, attribute: attrs.Attribute[str | None], value: o
         raise ValueError(f"{attribute.name} must be a str or None, not {value!r}")
 
 
+def _session_key(inst: object, attribute: attrs.Attribute[str | None], value: object) -> None:
+    if value is not None and not (isinstance(value, str) and value.strip()):
+        raise ValueError(f"{attribute.name} must be a non-blank str or None, not {value!r}")
+
+
 def _boolean(inst: object, attribute: attrs.Attribute[bool], value: object) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{attribute.name} must be a bool, not {value!r}")
@@ -87,7 +92,7 @@ class RunContext:
     """What the bus knows about a run besides its events. Invalid values raise ``ValueError``."""
 
     #: The session whose subscribers see this run's events (unless an event names its own).
-    session_key: str | None = attrs.field(default=None, validator=_optional_str)
+    session_key: str | None = attrs.field(default=None, validator=_session_key)
     verbose_level: VerboseLevel = attrs.field(default="off", validator=_verbose)
     is_heartbeat: bool = attrs.field(default=False, validator=_boolean)
     activity_source: str | None = attrs.field(default=None, validator=_optional_str)

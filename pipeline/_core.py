@@ -7,6 +7,7 @@ index ``run id -> live actor``, whose size is the number of live runs, bounded b
 from __future__ import annotations
 
 import math
+import threading
 
 import attrs
 import trio
@@ -18,7 +19,7 @@ from ._config import BusConfig, RunContext
 from ._errors import BusClosed, RunAlreadyActive, TooManyRuns
 from ._event import Event
 
-__all__ = ["OUTCOMES", "BusCore"]
+__all__ = ["OUTCOMES", "BusCore", "wrong_thread"]
 
 OUTCOMES = ("ok", "error", "aborted", "timeout")
 #: The context of runs started without one; frozen, so every such run can share it.
@@ -45,12 +46,19 @@ class BusCore:
     #: timeout). Kept here, not per run: every run of the bus shares them.
     idle_step: float = attrs.field(init=False, default=math.inf)
     idle_window: float = attrs.field(init=False, default=math.inf)
+    #: The OS thread the bus's trio run lives in: the only thread that may call it.
+    thread: int = attrs.field(init=False, factory=threading.get_ident)
 
     def __attrs_post_init__(self) -> None:
         idle = self.config.run_idle_timeout
         if idle is not None:
             self.idle_step = idle * IDLE_REFRESH_FRACTION
             self.idle_window = idle + self.idle_step
+
+    def check_thread(self) -> None:
+        """:exc:`RuntimeError` unless called from the bus's own trio thread (SPEC 4.8)."""
+        if threading.get_ident() != self.thread:
+            raise wrong_thread()
 
     def check_open(self) -> None:
         if self.closing:
@@ -108,3 +116,10 @@ class BusCore:
     async def wait_all_ended(self) -> None:
         if self.runs:
             await self._all_ended.wait()
+
+
+def wrong_thread() -> RuntimeError:
+    return RuntimeError(
+        "the bus, its runs and its subscriptions belong to the trio thread that opened the bus;"
+        " from another thread use bus.portal(), from asyncio pipeline.aio"
+    )

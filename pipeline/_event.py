@@ -3,38 +3,56 @@
 ``Event`` is constructed on the hot path (hundreds of thousands per second), so its constructor
 does not validate: events are built by the bus from data it has already checked
 (:func:`checked_data`), or parsed from untrusted wire data by :meth:`Event.from_wire`, which
-checks everything. An ``Event`` handed to ``Bus.ingest`` is checked the same way.
+checks everything. An ``Event`` handed to ``Bus.ingest`` is checked the same way. One checking
+path serves all three (``emit``, ``ingest``, ``from_wire``): JSON values only, finite numbers,
+non-blank names, and data copied read-only all the way down (:mod:`pipeline._frozen`), since
+every subscriber of an event shares it.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 import attrs
 
 from ._errors import EventTooLarge, InvalidEvent
+from ._frozen import EMPTY, FrozenDict, frozen_data
 
-__all__ = ["DROPPED_STREAM", "Event", "checked_data", "checked_stream", "is_droppable"]
+__all__ = [
+    "CHAT",
+    "DROPPED_STREAM",
+    "LIFECYCLE",
+    "SEQ_GAP",
+    "Event",
+    "annotation_kind",
+    "checked_data",
+    "checked_stream",
+    "is_droppable",
+    "is_terminal",
+]
 
 #: The stream of the in-band marker a subscriber reads after it lost events.
 DROPPED_STREAM = "dropped"
 LIFECYCLE = "lifecycle"
 CHAT = "chat"
+#: The ``reason`` of the ``error`` event ingest publishes before an event that skipped seqs.
+SEQ_GAP = "seq gap"
 
 _DROPPABLE_STREAMS = frozenset({"assistant", "thinking"})
 _PHASED_STREAMS = frozenset({"tool", "item"})
 _KEPT_PHASES = frozenset({"start", "result", "end"})
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 @attrs.frozen
 class Event:
     """One event of one run, as every subscriber sees it.
 
-    ``data`` is a read-only shallow copy of what the producer gave.
+    ``data`` is a read-only copy of what the producer gave, read-only all the way down (a
+    :class:`~pipeline._frozen.FrozenDict`): every subscriber shares the same event.
+    ``ingested`` marks events about runs this bus knows from ``Bus.ingest`` (made elsewhere);
+    it is not part of the wire form or of equality.
     """
 
     run_id: str
@@ -43,17 +61,23 @@ class Event:
     stream: str
     #: Epoch milliseconds at enrichment.
     ts: int
-    data: Mapping[str, Any] = _EMPTY
+    data: Mapping[str, Any] = EMPTY
     session_key: str | None = None
+    ingested: bool = attrs.field(default=False, eq=False, repr=False)
 
     def to_wire(self) -> dict[str, Any]:
-        """The camelCase, JSON-ready dict form; ``sessionKey`` only when set."""
+        """The camelCase dict form, ready for ``json.dumps``; ``sessionKey`` only when set.
+
+        ``data`` is the event's own read-only data (no copy). Raises :exc:`InvalidEvent` for
+        an event built by hand with data that is not JSON.
+        """
+        data = self.data
         wire: dict[str, Any] = {
             "runId": self.run_id,
             "seq": self.seq,
             "stream": self.stream,
             "ts": self.ts,
-            "data": dict(self.data),
+            "data": data if type(data) is FrozenDict else frozen_data(data),
         }
         if self.session_key is not None:
             wire["sessionKey"] = self.session_key
@@ -74,20 +98,8 @@ class Event:
         missing = [key for key in ("runId", "seq", "stream", "ts", "data") if key not in obj]
         if missing:
             raise InvalidEvent(f"event is missing {', '.join(missing)}")
-        session_key = obj.get("sessionKey")
-        if session_key is not None and not _is_text(session_key):
-            raise InvalidEvent(
-                f"sessionKey must be a non-blank string or null, not {session_key!r}"
-            )
-        return checked_event(
-            cls(
-                run_id=obj["runId"],
-                seq=obj["seq"],
-                stream=obj["stream"],
-                ts=obj["ts"],
-                data=obj["data"],
-                session_key=session_key,
-            )
+        return _checked(
+            obj["runId"], obj["seq"], obj["stream"], obj["ts"], obj["data"], obj.get("sessionKey")
         )
 
 
@@ -115,29 +127,48 @@ def checked_stream(stream: object) -> str:
     return stream  # type: ignore[return-value]  # _is_text checked the type
 
 
-def checked_data(data: object) -> Mapping[str, Any]:
-    """A read-only copy of ``data`` if it is a mapping with str keys, else :exc:`InvalidEvent`."""
-    if type(data) is not dict and not isinstance(data, Mapping):
-        raise InvalidEvent(f"data must be a mapping, not {type(data).__name__}")
-    copy = dict(data)
-    for key in copy:
-        if type(key) is not str:
-            raise InvalidEvent(f"data keys must be str, not {key!r}")
-    return MappingProxyType(copy)
+def checked_data(data: object) -> FrozenDict:
+    """A read-only copy of ``data`` if it is a JSON object, else :exc:`InvalidEvent`."""
+    return frozen_data(data)
 
 
-def checked_event(event: Event) -> Event:
-    """``event`` with its data frozen, if every field is well formed; else :exc:`InvalidEvent`."""
-    if not _is_text(event.run_id):
-        raise InvalidEvent(f"runId must be a non-blank string, not {event.run_id!r}")
-    if not _is_count(event.seq, 1):
-        raise InvalidEvent(f"seq must be an int >= 1, not {event.seq!r}")
-    checked_stream(event.stream)
-    if not _is_count(event.ts, 0):
-        raise InvalidEvent(f"ts must be an int >= 0 (epoch ms), not {event.ts!r}")
-    if event.session_key is not None and not _is_text(event.session_key):
-        raise InvalidEvent(f"sessionKey must be a non-blank string, not {event.session_key!r}")
-    return attrs.evolve(event, data=checked_data(event.data))
+def checked_event(event: Event, *, ingested: bool = False) -> Event:
+    """A copy of ``event`` with read-only data, if every field is well formed.
+
+    Raises :exc:`InvalidEvent` otherwise. ``ingested`` marks the copy as made elsewhere.
+    """
+    return _checked(
+        event.run_id, event.seq, event.stream, event.ts, event.data, event.session_key, ingested
+    )
+
+
+def _checked(
+    run_id: object,
+    seq: object,
+    stream: object,
+    ts: object,
+    data: object,
+    session_key: object,
+    ingested: bool = False,
+) -> Event:
+    if not _is_text(run_id):
+        raise InvalidEvent(f"runId must be a non-blank string, not {run_id!r}")
+    if not _is_count(seq, 1):
+        raise InvalidEvent(f"seq must be an int >= 1, not {seq!r}")
+    checked_stream(stream)
+    if not _is_count(ts, 0):
+        raise InvalidEvent(f"ts must be an int >= 0 (epoch ms), not {ts!r}")
+    if session_key is not None and not _is_text(session_key):
+        raise InvalidEvent(f"sessionKey must be a non-blank string or null, not {session_key!r}")
+    return Event(
+        run_id,  # type: ignore[arg-type]  # checked above
+        seq,  # type: ignore[arg-type]
+        stream,  # type: ignore[arg-type]
+        ts,  # type: ignore[arg-type]
+        frozen_data(data),
+        session_key,  # type: ignore[arg-type]
+        ingested,
+    )
 
 
 def is_droppable(event: Event) -> bool:
@@ -145,7 +176,8 @@ def is_droppable(event: Event) -> bool:
 
     Assistant and thinking text, chat deltas, and tool/item progress may be dropped: later
     events supersede them. Lifecycle, errors, chat final/error/aborted and tool/item
-    start/result/end may not.
+    start/result/end may not. It never raises, whatever the data holds: a list as ``phase``
+    is simply not a kept phase.
     """
     stream = event.stream
     if stream in _DROPPABLE_STREAMS:
@@ -153,5 +185,32 @@ def is_droppable(event: Event) -> bool:
     if stream == CHAT:
         return event.data.get("state") == "delta"
     if stream in _PHASED_STREAMS:
-        return event.data.get("phase") not in _KEPT_PHASES
+        phase = event.data.get("phase")
+        return not (type(phase) is str and phase in _KEPT_PHASES)
     return False
+
+
+def is_terminal(event: Event) -> bool:
+    """Whether ``event`` is a terminal lifecycle event (``end`` or ``error``)."""
+    return event.stream == LIFECYCLE and event.data.get("phase") in _TERMINAL_PHASES
+
+
+_TERMINAL_PHASES = ("end", "error")
+
+
+def annotation_kind(event: Event) -> str | None:
+    """What kind of annotation ``event`` is, or ``None`` for an agent event.
+
+    Annotations are the events the bus derives from a run's agent events: ``chat`` events and
+    ``seq gap`` errors. They carry the seq of the agent event they are about instead of a seq
+    of their own, so ingest must not take them for duplicates of it. Within one run, the pair
+    (seq, kind) names one annotation: the chat ``state`` (a run publishes at most one chat
+    event of each state per seq) or ``"seq gap"``.
+    """
+    stream = event.stream
+    if stream == CHAT:
+        state = event.data.get("state")
+        return state if type(state) is str else "chat"
+    if stream == "error" and event.data.get("reason") == SEQ_GAP:
+        return SEQ_GAP
+    return None

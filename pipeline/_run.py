@@ -15,6 +15,7 @@ Whichever stretch is last releases the run's state in its ``finally``.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Literal
@@ -22,18 +23,23 @@ from typing import Any, Literal
 import attrs
 import trio
 
+from actors import cancel_requested
+
 from ._actor import MAX_EVENTS_PER_EMIT, MAX_TERMINAL_EVENTS, Phase, RunActor, epoch_ms
 from ._config import RunContext
-from ._core import BusCore
+from ._core import BusCore, wrong_thread
 from ._errors import BusClosed, UnknownRun
 from ._event import Event
 
 __all__ = ["BodyPhase", "Run", "RunHandle", "RunOutcome", "keep_for_retry", "track_ingested"]
 
 _log = logging.getLogger("pipeline.run")
+_get_ident = threading.get_ident
 
 #: The error text of a run ended by ``run_idle_timeout``.
 IDLE_TIMEOUT_ERROR = "run idle timeout"
+#: The abort reason of runs ended because the bus closed.
+SHUTDOWN = "shutdown"
 
 Status = Literal["ok", "error", "aborted", "timeout"]
 RunBody = Callable[["Run"], Awaitable[object]]
@@ -47,6 +53,8 @@ class RunOutcome:
     status: Status
     #: ``str(exc)`` for ``"error"``; the abort reason for ``"aborted"``; ``None`` otherwise.
     error: str | None
+    #: The body's exception, traceback attached, for ``"error"``; ``None`` otherwise.
+    exception: BaseException | None
     #: Seq of the last agent event the run published (its terminal lifecycle event).
     last_seq: int
     #: Epoch milliseconds.
@@ -101,10 +109,13 @@ class Run:
 
 
 async def emit(actor: RunActor, stream: object, data: object, session_key: object) -> Event:
-    """Validate, wait for room in the router's inbox if needed, and publish."""
+    """Validate, wait for room in the router's inbox if needed, and publish.
+
+    Always a cancellation point (an aborted body gets its ``Cancelled`` here rather than
+    publish); a schedule point only when it waits for room.
+    """
     stream, frozen = actor.checked_input(stream, data, session_key)
-    if actor.stop_reason is not None:
-        # Called from the body being aborted: deliver the cancellation here rather than publish.
+    if cancel_requested():
         await trio.lowlevel.checkpoint()
     actor.check_running()
     core = actor.core
@@ -128,12 +139,16 @@ class RunHandle:
 
     id: str
     _actor: RunActor | None
+    #: The bus's trio thread, the only one that may use the handle.
+    _thread: int
     #: Made by the first wait() before the body finishes; a handle nobody waits on costs less.
     _done: trio.Event | None = None
     _outcome: RunOutcome | None = None
 
     def abort(self, reason: str = "rpc") -> bool:
         """Cancel the body; False if it has already finished."""
+        if _get_ident() != self._thread:
+            raise wrong_thread()
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, not {reason!r}")
         if self._actor is None:
@@ -147,6 +162,8 @@ class RunHandle:
 
     async def wait(self) -> RunOutcome:
         """Wait for the body to finish (not for a retry grace) and return its outcome."""
+        if _get_ident() != self._thread:
+            raise wrong_thread()
         if self._outcome is None:
             if self._done is None:
                 self._done = trio.Event()
@@ -184,6 +201,8 @@ class BodyPhase:
     _active: bool = attrs.field(init=False, default=False)
 
     def check_active(self) -> None:
+        if _get_ident() != self.core.thread:
+            raise wrong_thread()
         if not self._active:
             raise UnknownRun(f"run {self.run_id!r} has no running body")
 
@@ -199,7 +218,7 @@ class BodyPhase:
         except BaseException:
             self.actor.release()
             raise
-        self.handle = RunHandle(self.run_id, self.actor)
+        self.handle = RunHandle(self.run_id, self.actor, core.thread)
         self._active = True
         self._scope = self.actor.open_scope()
         self._scope.__enter__()
@@ -221,7 +240,9 @@ class BodyPhase:
         outcome: RunOutcome | None = None
         kept = False
         try:
-            status, error, kind = _classify(remaining, scope, actor)
+            status, error, kind = _classify(remaining, scope, actor, self.reraise)
+            if status == "error":
+                _log.error("run %r failed: %s", actor.id, error, exc_info=remaining)
             keep = status == "error" and core.config.error_retry_grace > 0 and not core.closing
             if actor.ended_at is not None:  # an abort already published the terminal events
                 ended_at = actor.ended_at
@@ -235,7 +256,13 @@ class BodyPhase:
                 keep = False
                 await _publish_shielded(core, actor.publish_chat_error)
             outcome = RunOutcome(
-                actor.id, status, error, actor.last_seq, actor.started_at, ended_at
+                run_id=actor.id,
+                status=status,
+                error=error,
+                exception=remaining if status == "error" else None,
+                last_seq=actor.last_seq,
+                started_at=actor.started_at,
+                ended_at=ended_at,
             )
             core.record(status)
             if keep:
@@ -260,8 +287,15 @@ class BodyPhase:
 
 def _failed_to_end(actor: RunActor) -> RunOutcome:
     """The outcome of a run whose ending itself failed (a bug, logged by the supervisor)."""
-    message = "the bus failed to end this run"
-    return RunOutcome(actor.id, "error", message, actor.last_seq, actor.started_at, epoch_ms())
+    return RunOutcome(
+        run_id=actor.id,
+        status="error",
+        error="the bus failed to end this run",
+        exception=None,
+        last_seq=actor.last_seq,
+        started_at=actor.started_at,
+        ended_at=epoch_ms(),
+    )
 
 
 def describe(exc: BaseException) -> str:
@@ -273,12 +307,15 @@ def describe(exc: BaseException) -> str:
 
 
 def _classify(
-    exc: BaseException | None, scope: trio.CancelScope, actor: RunActor
+    exc: BaseException | None, scope: trio.CancelScope, actor: RunActor, own_task: bool
 ) -> tuple[Status, str | None, str]:
     """The outcome status, error text and error kind of a body that left with ``exc``.
 
     Once the run was aborted, that is its outcome, however the body left: the abort explains
     what it raised on the way out, and a body that returned before noticing was still stopped.
+    A cancellation from outside the run's own scope is the bus shutting down for a run in a
+    task of the bus's (``start_run``: the bus's owner was cancelled), and the caller's own
+    cancellation for ``async with bus.run()`` (``own_task``).
     """
     if actor.stop_reason is not None:
         return "aborted", actor.stop_reason, "aborted"
@@ -289,7 +326,7 @@ def _classify(
     if isinstance(exc, Exception):
         return "error", describe(exc), type(exc).__name__
     # Cancelled from outside (its owner nursery is going away) or KeyboardInterrupt.
-    return "aborted", "cancelled", "aborted"
+    return "aborted", "cancelled" if own_task else SHUTDOWN, "aborted"
 
 
 def _publish_terminal(

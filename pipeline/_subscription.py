@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
-from types import MappingProxyType
 
 import attrs
 import trio
 
-from actors import Dropped, Mailbox, Router, Subscriber
+from actors import (
+    ROUTER_STOPPED,
+    SLOW_CONSUMER,
+    SUBSCRIBER_FAILED,
+    Dropped,
+    Mailbox,
+    Router,
+    Subscriber,
+    cancel_requested,
+)
 
 from ._actor import epoch_ms
+from ._core import wrong_thread
 from ._event import DROPPED_STREAM, Event
+from ._frozen import FrozenDict
 
-__all__ = ["Subscription", "SubscriptionStatistics", "event_filter"]
+__all__ = [
+    "BUS_CLOSED",
+    "ROUTER_STOPPED",
+    "SLOW_CONSUMER",
+    "SUBSCRIBER_FAILED",
+    "Subscription",
+    "SubscriptionStatistics",
+    "event_filter",
+]
 
 #: ``closed_reason`` once the bus has closed and every queued event was read.
 BUS_CLOSED = "bus closed"
+
+_get_ident = threading.get_ident
 
 
 @attrs.frozen
@@ -45,6 +66,8 @@ class Subscription:
     _mailbox: Mailbox[Event]
     _router: Router[Event]
     _subscriber: Subscriber[Event]
+    #: The bus's trio thread, the only one that may read the subscription.
+    _thread: int
     #: The mailbox's bound method, looked up once: reading is the hot path.
     _take: Callable[[], Event | Dropped] = attrs.field(init=False)
 
@@ -55,6 +78,10 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Event:
+        if _get_ident() != self._thread:
+            raise wrong_thread()
+        if cancel_requested():
+            await trio.lowlevel.checkpoint()
         try:
             try:
                 item = self._take()
@@ -75,6 +102,8 @@ class Subscription:
 
     def receive_nowait(self) -> Event:
         """The next event if one is queued, else :exc:`trio.WouldBlock`."""
+        if _get_ident() != self._thread:
+            raise wrong_thread()
         item = self._take()
         if type(item) is Dropped:
             return _dropped_marker(item.count)
@@ -82,10 +111,13 @@ class Subscription:
 
     @property
     def closed_reason(self) -> str | None:
-        """``None`` while open, ``"slow consumer"`` or ``"bus closed"`` once ended."""
+        """``None`` while open; once ended, :data:`BUS_CLOSED`, :data:`SLOW_CONSUMER`,
+        :data:`SUBSCRIBER_FAILED` or :data:`ROUTER_STOPPED` (see ``docs/api.md``)."""
         return self._mailbox.closed_reason
 
     def statistics(self) -> SubscriptionStatistics:
+        if _get_ident() != self._thread:
+            raise wrong_thread()
         stats = self._mailbox.statistics()
         return SubscriptionStatistics(
             delivered=stats.received, dropped=stats.dropped, queued=stats.queued
@@ -96,13 +128,29 @@ class Subscription:
 
 
 def _dropped_marker(count: int) -> Event:
-    return Event("", 0, DROPPED_STREAM, epoch_ms(), MappingProxyType({"count": count}), None)
+    return Event("", 0, DROPPED_STREAM, epoch_ms(), FrozenDict(count=count), None)
 
 
 def event_filter(
-    run_id: str | None, session_key: str | None, streams: Iterable[str] | None
+    run_id: str | None,
+    session_key: str | None,
+    streams: Iterable[str] | None,
+    *,
+    local_only: bool = False,
 ) -> Callable[[Event], bool] | None:
     """The router-side filter for a subscription; ``None`` when it takes every event."""
+    accepts = _field_filter(run_id, session_key, streams)
+    if not local_only:
+        return accepts
+    if accepts is None:
+        return lambda event: not event.ingested
+    fields = accepts
+    return lambda event: not event.ingested and fields(event)
+
+
+def _field_filter(
+    run_id: str | None, session_key: str | None, streams: Iterable[str] | None
+) -> Callable[[Event], bool] | None:
     if isinstance(streams, str):
         raise TypeError("streams must be a collection of stream names, not one str")
     wanted = None if streams is None else frozenset(streams)

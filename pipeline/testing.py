@@ -18,16 +18,11 @@ from collections.abc import Callable
 
 from ._bus import Bus
 from ._config import RunContext
-from ._event import DROPPED_STREAM, LIFECYCLE, Event
+from ._event import DROPPED_STREAM, Event, is_terminal
 from ._run import RunBody, RunOutcome
 from ._subscription import Subscription
 
 __all__ = ["collect_run", "collect_until", "drain", "is_terminal", "run_and_collect", "texts"]
-
-
-def is_terminal(event: Event) -> bool:
-    """Whether ``event`` is a terminal lifecycle event (``end`` or ``error``)."""
-    return event.stream == LIFECYCLE and event.data.get("phase") in ("end", "error")
 
 
 async def collect_until(sub: Subscription, predicate: Callable[[Event], bool]) -> list[Event]:

@@ -262,3 +262,39 @@ class TestBugInARunsOwnEnding:
         assert outcomes[0].error == "the body's own failure"
         assert (stats.failures, stats.live_runs) == (1, 0)
         assert any("bookkeeping bug" in r.exc_text for r in caplog.records if r.exc_text)
+
+
+class TestFailedBodiesKeepTheirException:
+    async def test_the_outcome_keeps_the_body_exception_with_its_traceback(
+        self, agent_bus: pl.Bus
+    ) -> None:
+        async def agent(run: pl.Run) -> None:
+            {"a": 1}["b"]
+
+        outcome = await (await agent_bus.start_run(agent)).wait()
+        assert (outcome.status, outcome.error) == ("error", "'b'")
+        assert isinstance(outcome.exception, KeyError)
+        assert outcome.exception.__traceback__ is not None
+
+    async def test_a_failed_body_is_logged_once_with_its_traceback(
+        self, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        async def agent(run: pl.Run) -> None:
+            raise KeyError("b")
+
+        async with pl.open_bus(pl.BusConfig(error_retry_grace=1.0)) as bus:
+            await (await bus.start_run(agent, run_id="r1")).wait()
+            await trio.sleep(2)  # the grace expires: no second log line
+        records = [r for r in caplog.records if r.name.startswith("pipeline")]
+        assert len(records) == 1
+        assert "r1" in records[0].getMessage()
+        assert records[0].exc_info is not None
+        assert records[0].exc_info[0] is KeyError
+
+    async def test_outcomes_other_than_error_carry_no_exception(self, agent_bus: pl.Bus) -> None:
+        async def agent(run: pl.Run) -> None:
+            await trio.sleep_forever()
+
+        handle = await agent_bus.start_run(agent)
+        handle.abort()
+        assert (await handle.wait()).exception is None
