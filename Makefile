@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench soak clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: lint
 
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks
+
+# The full memory soak: a million runs (python -m pipeline soak defaults to 100,000).
+soak: $(VENV)/.base
+	$(PY) -m pipeline soak --runs 1000000 --no-tracemalloc
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,10 +1,11 @@
-"""Quick in-process benchmarks: fan-out against raw trio, idle-run cost, abort latency and
-stalled subscribers, printed as one table.
+"""Quick in-process benchmarks, printed as one table.
 
-Every measurement here is written once and reused by the full suite in ``benchmarks/``
-(``python -m benchmarks``), which adds the asyncio peers, more rounds and the memory soak.
-Every benchmark checks that each subscriber received exactly what it should before it
-reports a figure.
+Fan-out against raw trio, the memory of a live idle run, abort latency, and
+stalled subscribers. Every benchmark checks that each subscriber received
+exactly what it should before it reports a figure.
+
+The full suite (python -m benchmarks, in a clone of the repository) reuses
+these measurements and adds the asyncio peers, more rounds and the memory soak.
 """
 
 from __future__ import annotations
@@ -473,7 +474,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rounds", type=int, default=3, help="fan-out rounds per variant (default 3)"
     )
     parser.add_argument(
-        "--runs", type=int, default=W.runs, help=f"runs in workload W (default {W.runs})"
+        "--runs", type=int, default=W.runs, help=f"runs in the fan-out workload (default {W.runs})"
     )
 
 

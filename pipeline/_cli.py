@@ -1,7 +1,12 @@
-"""The command line: ``python -m pipeline demo | bench | soak``.
+"""The trio-agent-bus command line: python -m pipeline demo | bench | soak.
 
-Each subcommand lives in a module of its own, which adds its arguments and runs it.
+Run "python -m pipeline COMMAND --help" for what one command does and its
+options.
 """
+
+# Each subcommand lives in a module of its own, which adds its arguments and runs it. The
+# module's docstring is the command's --help description: plain text of paragraphs, each line
+# at most 79 columns, printed as written (RawDescriptionHelpFormatter).
 
 from __future__ import annotations
 
@@ -22,10 +27,13 @@ _COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline", description=__doc__, formatter_class=formatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in _COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text)
+        sub = commands.add_parser(name, help=help_text, formatter_class=formatter)
         if argv and argv[0] == name:
             # Import only the chosen command: the others may need packages it does not.
             module = importlib.import_module(module_name)

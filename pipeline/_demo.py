@@ -1,13 +1,13 @@
-"""A simulated agent gateway on the bus: hundreds of runs, a live view, a summary.
+"""A simulated agent gateway on the bus: many runs, a live view, a summary.
 
-Several sessions start runs that think, stream assistant text and call tools; some fail, some
-stall and are stopped by their user. A UI client follows one session, a logger counts
-everything, and a slow mobile client on a drop policy shows that one slow reader costs nobody
-else anything.
+Several sessions start runs that think, stream assistant text and call tools;
+some fail, some stall and are stopped by their user. A UI client follows one
+session, a logger counts everything, and a slow mobile client on a drop policy
+shows that one slow reader costs nobody else anything.
 
-Every run's script (its words, whether it calls a tool, how it ends) is drawn from the seed
-before the run starts, so the same --seed gives the same runs and the same outcome counts, at
-any --pace.
+Every run's script (its words, whether it calls a tool, how it ends) is drawn
+from the seed before the run starts, so the same --seed gives the same runs and
+the same outcome counts, at any --pace.
 """
 
 from __future__ import annotations
