@@ -1,7 +1,8 @@
-"""The chat projection (SPEC 4.5, 4.3): text merging, throttled deltas, flushes, closing states.
+"""The chat projection (SPEC 4.5, 4.3): throttled deltas, flushes, closing states.
 
-The first classes test :func:`pipeline._chat.merge_text` and :class:`pipeline._chat.ChatProjection`
-as plain state; the rest test the chat events a run publishes on the bus, under a mock clock.
+The first classes test :class:`pipeline._chat.ChatProjection` as plain state; the rest test the
+chat events a run publishes on the bus, under a mock clock. The merge rules themselves are
+tested in ``test_chat_merge.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import trio
 import trio.testing
 
 import pipeline as pl
-from pipeline._chat import ChatProjection, merge_text
+from pipeline._chat import ChatProjection
 from pipeline.testing import collect_until, is_terminal
 
 MAIN = pl.RunContext(session_key="main")
@@ -74,58 +75,6 @@ def say(text: str, delta: str | None = None) -> dict[str, str]:
     if delta is not None:
         data["delta"] = delta
     return data
-
-
-# ---- merge_text ---------------------------------------------------------------------------------
-
-
-class TestMergeText:
-    def test_a_text_that_extends_the_previous_text_replaces_it(self) -> None:
-        assert merge_text("Hel", "Hello", "lo") == "Hello"
-
-    def test_a_text_that_extends_the_previous_text_replaces_it_without_a_delta(self) -> None:
-        assert merge_text("Hel", "Hello", None) == "Hello"
-
-    def test_a_stale_text_without_a_delta_keeps_the_previous_text(self) -> None:
-        assert merge_text("Hello", "Hel", None) == "Hello"
-
-    def test_a_stale_text_with_a_delta_appends_the_delta(self) -> None:
-        assert merge_text("Hello", "Hel", " world") == "Hello world"
-
-    def test_a_delta_alone_is_appended(self) -> None:
-        assert merge_text("Hello", None, " world") == "Hello world"
-
-    def test_a_delta_that_overlaps_the_end_of_the_text_is_appended_without_the_overlap(
-        self,
-    ) -> None:
-        assert merge_text("Hello wo", None, "world") == "Hello world"
-
-    def test_the_longest_overlap_is_the_one_removed(self) -> None:
-        assert merge_text("abab", None, "ababc") == "ababc"
-
-    def test_a_delta_the_text_already_ends_with_adds_nothing(self) -> None:
-        assert merge_text("Hello", None, "llo") == "Hello"
-
-    def test_a_diverging_text_without_a_delta_replaces_the_previous_text(self) -> None:
-        assert merge_text("Hello", "Goodbye", None) == "Goodbye"
-
-    def test_a_diverging_text_with_a_delta_appends_the_delta(self) -> None:
-        assert merge_text("Hello", "Goodbye", "!") == "Hello!"
-
-    def test_the_first_text_is_taken_as_it_is(self) -> None:
-        assert merge_text("", "Hi", None) == "Hi"
-
-    def test_the_first_text_with_a_partial_delta_is_taken_whole(self) -> None:
-        # SPEC 4.5: "if the new text extends the previous text, take the new text"; every text
-        # extends the empty text. This happens when a projection starts mid-stream, e.g. after
-        # update_context made a hidden run visible.
-        assert merge_text("", "Hello world", " world") == "Hello world"
-
-    def test_an_update_with_neither_text_nor_delta_keeps_the_previous_text(self) -> None:
-        assert merge_text("Hello", None, None) == "Hello"
-
-    def test_empty_strings_count_as_absent(self) -> None:
-        assert merge_text("Hello", "", "") == "Hello"
 
 
 # ---- ChatProjection as plain state --------------------------------------------------------------
@@ -186,6 +135,18 @@ class TestProjectionDeltas:
             {"type": "thinking", "thinking": "Hmm"},
             {"type": "text", "text": "Answer"},
         ]
+
+    def test_a_delta_carries_every_segment_joined_by_a_blank_line(self) -> None:
+        chat_ = ChatProjection(1.0)
+        chat_.after("assistant", say("Let me search.", "Let me search."), 0.0, TS)
+        payload = chat_.after("assistant", say("Found it.", "Found it."), 1.0, TS)
+        assert payload is not None
+        assert text_of(payload) == "Let me search.\n\nFound it."
+
+    def test_a_stale_text_produces_no_delta(self) -> None:
+        chat_ = ChatProjection(1.0)
+        chat_.after("assistant", say("Hello", "Hello"), 0.0, TS)
+        assert chat_.after("assistant", say("Hel", "l"), 5.0, TS) is None
 
 
 class TestProjectionBounds:
@@ -278,6 +239,14 @@ class TestProjectionClosingStates:
         assert payload["state"] == "aborted"
         assert payload["stopReason"] == "rpc"
         assert text_of(payload) == "Hi the"
+
+    def test_aborted_carries_every_segment_joined_by_a_blank_line(self) -> None:
+        chat_ = ChatProjection(1.0)
+        chat_.after("assistant", say("Let me search.", "Let me search."), 0.0, TS)
+        chat_.after("assistant", say("Found", "Found"), 0.1, TS)
+        payload = chat_.aborted("rpc", TS)
+        assert payload is not None
+        assert text_of(payload) == "Let me search.\n\nFound"
 
     def test_after_aborted_the_projection_publishes_nothing_more(self) -> None:
         chat_ = ChatProjection(0.0)
@@ -419,12 +388,22 @@ class TestChatDeltasOnTheBus:
         self, agent_bus: pl.Bus, autojump_clock: trio.testing.MockClock
     ) -> None:
         async def body(run: pl.Run) -> None:
-            for data in (say("Hel", "Hel"), {"delta": "llo"}, say("He"), say("Hello!", "!")):
+            for data in (say("Hel", "Hel"), {"delta": "lo"}, say("He"), say("Hello!", "!")):
                 await run.emit("assistant", data)
                 await trio.sleep(1)
 
         deltas = chat(await run_events(agent_bus, body), "delta")
         assert [text_of(d.data) for d in deltas] == ["Hel", "Hello", "Hello!"]
+
+    async def test_a_delta_that_repeats_the_end_of_the_text_is_shown_whole(
+        self, agent_bus: pl.Bus, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        async def body(run: pl.Run) -> None:
+            for piece in ("see file://", "/tmp/a.p", "ptx"):
+                await run.emit("assistant", {"delta": piece})
+
+        (final,) = chat(await run_events(agent_bus, body), "final")
+        assert text_of(final.data) == "see file:///tmp/a.pptx"
 
 
 class TestChatVisibility:
@@ -537,6 +516,19 @@ class TestChatFinal:
 
         (final,) = chat(await run_events(agent_bus, body), "final")
         assert text_of(final.data) == "Hello world"
+
+    async def test_the_final_carries_every_segment_joined_by_a_blank_line(
+        self, agent_bus: pl.Bus, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        async def body(run: pl.Run) -> None:
+            await run.emit("assistant", say("Let me search.", "Let me search."))
+            await run.emit("tool", {"phase": "start", "name": "search", "toolCallId": "t1"})
+            await run.emit("tool", {"phase": "result", "toolCallId": "t1", "result": "42"})
+            await run.emit("assistant", say("It is", "It is"))
+            await run.emit("assistant", say("It is 42.", " 42."))
+
+        (final,) = chat(await run_events(agent_bus, body), "final")
+        assert text_of(final.data) == "Let me search.\n\nIt is 42."
 
     async def test_the_final_carries_the_stop_reason_the_body_set(
         self, agent_bus: pl.Bus, autojump_clock: trio.testing.MockClock

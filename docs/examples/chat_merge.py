@@ -1,4 +1,4 @@
-"""Chat projection: streamed assistant and thinking updates merge into one message."""
+"""Chat projection: streamed updates merge into one message, and no character is lost."""
 
 import trio
 
@@ -7,12 +7,16 @@ from pipeline.testing import run_and_collect
 
 
 async def agent(run: pl.Run) -> None:
-    await run.emit("thinking", {"text": "The user", "delta": "The user"})
-    await run.emit("thinking", {"delta": "user greets me"})  # the overlap "user" is not repeated
-    await run.emit("assistant", {"text": "Hel", "delta": "Hel"})
-    await run.emit("assistant", {"text": "Hello", "delta": "lo"})  # extends the text: taken
-    await run.emit("assistant", {"text": "Hel"})  # stale and without a delta: ignored
-    await run.emit("assistant", {"delta": "lo, world"})  # the overlap "lo" is not repeated
+    for piece in ("The total is ", "100", "0", "..."):
+        await run.emit("thinking", {"delta": piece})  # deltas alone: appended as they are
+    await run.emit("assistant", {"text": "Let me", "delta": "Let me"})
+    await run.emit("assistant", {"text": "Let me check.", "delta": " check."})  # extends: taken
+    await run.emit("assistant", {"text": "Let me"})  # stale re-send: ignored
+    await run.emit("assistant", {"text": "Let me check", "delta": " check"})  # stale: ignored too
+    await run.emit("tool", {"phase": "start", "name": "sum", "toolCallId": "t1"})
+    await run.emit("tool", {"phase": "result", "toolCallId": "t1", "result": "1000"})
+    await run.emit("assistant", {"text": "It is", "delta": "It is"})  # a new segment
+    await run.emit("assistant", {"delta": " 1000."})  # extends the new segment
 
 
 async def main() -> None:
@@ -22,8 +26,8 @@ async def main() -> None:
     assert outcome.status == "ok"
     final = next(e for e in events if e.stream == "chat" and e.data["state"] == "final")
     assert final.data["message"]["content"] == [
-        {"type": "thinking", "thinking": "The user greets me"},
-        {"type": "text", "text": "Hello, world"},
+        {"type": "thinking", "thinking": "The total is 1000..."},
+        {"type": "text", "text": "Let me check.\n\nIt is 1000."},
     ]
 
 
