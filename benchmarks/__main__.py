@@ -1,10 +1,11 @@
 """The full benchmark suite: ``python -m benchmarks`` (``make bench``).
 
 Runs, in order: fan-out on workload W (the bus, both raw-trio baselines, and pyee and bubus in
-processes of their own), the cost of a live idle run, abort latency, stalled subscribers, and
-the 1,000,000-run memory soak for the bus and for the leaking model (each in a fresh process),
-then draws ``docs/benchmarks-memory.png``. It prints one table at the end and writes JSON to
-``benchmarks/results/``. Progress goes to stderr.
+processes of their own), the cost of a live idle run, abort latency, stalled subscribers, emits
+from other threads through the portal, and the 1,000,000-run memory soak for the bus and for
+the leaking model (each in a fresh process), then draws ``docs/benchmarks-memory.png``. It
+prints one table at the end and writes JSON to ``benchmarks/results/``. Progress goes to
+stderr.
 
 The soak dominates the time (tens of minutes with tracemalloc on); ``--soak-runs``,
 ``--no-tracemalloc`` and ``--skip-soak`` shorten it, ``--quick`` shortens everything.
@@ -20,10 +21,10 @@ from typing import Any
 
 from pipeline._bench import format_table
 
-from . import abort_latency, fanout, idle_cost, plot_memory, soak, stalled
+from . import abort_latency, fanout, idle_cost, plot_memory, portal, soak, stalled
 from ._util import RESULTS, machine, say, write_json
 
-SECTIONS = ("fanout", "idle", "abort", "stalled", "soak")
+SECTIONS = ("fanout", "idle", "abort", "stalled", "portal", "soak")
 #: Each section's JSON file, the same one its module writes when run alone.
 FILES = {"idle": "idle_cost", "abort": "abort_latency", "soak": "soak"}
 
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: stalled.measure(1 if args.quick else 3, 1.0 if args.quick else 5.0),
         stalled.rows,
     )
+    section("portal", lambda: portal.measure(5_000 if args.quick else 20_000), portal.rows)
     section("soak", lambda: soak.measure(soak_runs, args.tracemalloc), soak.rows)
     if "soak" in sections and (RESULTS / "soak-bus.json").exists():
         plot_memory.main([])

@@ -18,7 +18,16 @@ from ._core import OUTCOMES, BusCore
 from ._errors import InvalidEvent, RunAlreadyActive, TooManySubscribers, UnknownRun
 from ._event import DROPPED_STREAM, LIFECYCLE, Event, annotation_kind, checked_event, is_droppable
 from ._portal import BusPortal
-from ._run import SHUTDOWN, BodyPhase, Run, RunBody, RunHandle, emit, track_ingested
+from ._run import (
+    SHUTDOWN,
+    BodyPhase,
+    Run,
+    RunBody,
+    RunHandle,
+    emit,
+    emit_nowait,
+    track_ingested,
+)
 from ._subscription import BUS_CLOSED, Subscription, event_filter
 
 __all__ = ["Bus", "BusStatistics", "open_bus"]
@@ -144,6 +153,15 @@ class Bus:
         self._core.check_thread()
         self._core.check_open()
         return await emit(self._live(run_id), stream, data, session_key)
+
+    def _emit_nowait(
+        self, run_id: str, stream: str, data: Any, session_key: str | None = None
+    ) -> Event:
+        """:meth:`emit` without waiting (:exc:`trio.WouldBlock` when the router is full);
+        the portal's fast path, which needs no task in the bus's thread."""
+        self._core.check_thread()
+        self._core.check_open()
+        return emit_nowait(self._live(run_id), stream, data, session_key)
 
     def abort(self, run_id: str, *, reason: str = "rpc") -> bool:
         """Cancel a live run's body (or end its retry grace); False if no such live run."""

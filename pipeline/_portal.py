@@ -44,19 +44,19 @@ class BusPortal:
     _thread: int
 
     def emit(self, run_id: str, stream: str, data: Any, *, session_key: str | None = None) -> Event:
-        """:meth:`Bus.emit` from another thread: the published event."""
-        return self._run(lambda: self._bus.emit(run_id, stream, data, session_key=session_key))
+        """:meth:`Bus.emit` from another thread: the published event.
+
+        When the router has room (the usual case) the event is published by a plain callback
+        in the bus's thread; only when it is full does the call start a task there to wait.
+        """
+        try:
+            return self._run_sync(lambda: self._bus._emit_nowait(run_id, stream, data, session_key))
+        except trio.WouldBlock:
+            return self._run(lambda: self._bus.emit(run_id, stream, data, session_key=session_key))
 
     def abort(self, run_id: str, *, reason: str = "rpc") -> bool:
         """:meth:`Bus.abort` from another thread: False if no such live run."""
-        self._check_thread()
-        try:
-            result: bool = trio.from_thread.run_sync(
-                lambda: self._bus.abort(run_id, reason=reason), trio_token=self._token
-            )
-        except (trio.RunFinishedError, trio.Cancelled) as exc:
-            raise BusClosed("the bus's trio run has ended") from exc
-        return result
+        return self._run_sync(lambda: self._bus.abort(run_id, reason=reason))
 
     def start_run(
         self,
@@ -75,6 +75,13 @@ class BusPortal:
             return handle.id
 
         return self._run(start)
+
+    def _run_sync(self, call: Callable[[], T]) -> T:
+        self._check_thread()
+        try:
+            return trio.from_thread.run_sync(call, trio_token=self._token)
+        except (trio.RunFinishedError, trio.Cancelled) as exc:
+            raise BusClosed("the bus's trio run has ended") from exc
 
     def _run(self, call: Callable[[], Awaitable[T]]) -> T:
         self._check_thread()

@@ -177,3 +177,25 @@ class TestPortal:
         thread.start()
         thread.join()
         assert [type(e) for e in errors] == [pl.BusClosed]
+
+    async def test_a_portal_emit_waits_while_the_router_is_full(self) -> None:
+        config = pl.BusConfig(router_buffer=4, block_timeout=60.0)
+        async with pl.open_bus(config) as bus, bus.subscribe(buffer=1) as sub:
+            await bus.start_run(parked, run_id="r1")
+            portal = bus.portal()
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+
+                    def emit_ten() -> None:
+                        for index in range(10):
+                            portal.emit("r1", "assistant", {"index": index})
+
+                    tasks = trio.lowlevel.current_statistics().tasks_living
+                    nursery.start_soon(trio.to_thread.run_sync, emit_ten)
+                    # Unread, the subscriber holds the router and the inbox fills up: the
+                    # thread's next emit starts a task in the bus's thread to wait for room.
+                    while trio.lowlevel.current_statistics().tasks_living < tasks + 2:
+                        await trio.lowlevel.checkpoint()
+                    received = [await sub.receive() for _ in range(11)]
+            assert [e.data.get("index") for e in received[1:]] == list(range(10))
+            bus.abort("r1")
