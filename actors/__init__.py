@@ -3,7 +3,10 @@
 Nothing here knows about agents or events; ``pipeline`` builds the agent event bus on it.
 """
 
+from ._cancel import WrongRun as WrongRun
 from ._cancel import cancel_requested as cancel_requested
+from ._cancel import cancel_requested_in as cancel_requested_in
+from ._cancel import current_run as current_run
 from ._mailbox import SLOW_CONSUMER as SLOW_CONSUMER
 from ._mailbox import Dropped as Dropped
 from ._mailbox import Mailbox as Mailbox
@@ -31,6 +34,9 @@ __all__ = [
     "Subscriber",
     "Supervisor",
     "SupervisorStatistics",
+    "WrongRun",
     "cancel_requested",
+    "cancel_requested_in",
+    "current_run",
     "open_supervisor",
 ]

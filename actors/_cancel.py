@@ -1,4 +1,4 @@
-"""A cheap test for a pending cancellation, for awaits that usually need not yield.
+"""Cheap checks for the two things every awaitable entry point must ask first.
 
 Trio's rule is that every ``await`` on its API is at least a cancellation point: inside a
 cancelled scope it raises :exc:`trio.Cancelled`. ``trio.lowlevel.checkpoint_if_cancelled()``
@@ -8,6 +8,13 @@ send. Hot paths therefore ask :func:`cancel_requested` first and yield only when
 
     if cancel_requested():
         await trio.lowlevel.checkpoint()  # raises Cancelled
+
+Objects owned by one trio run (an actor's state, changed without locks) must also refuse
+callers from other threads. :func:`current_run` names the calling thread's trio run;
+:func:`cancel_requested_in` does both checks with one task lookup.
+
+Both read trio's per-task state directly (``Task._cancel_status``, ``Task._runner``), which
+trio does not export; the public, slower equivalents are kept as fallbacks.
 """
 
 from __future__ import annotations
@@ -16,18 +23,52 @@ import math
 
 import trio
 
-__all__ = ["cancel_requested"]
+__all__ = ["WrongRun", "cancel_requested", "cancel_requested_in", "current_run"]
 
 _current_task = trio.lowlevel.current_task
 
 
-def cancel_requested() -> bool:
-    """True if the calling task is in an effectively cancelled scope (about 0.1 µs).
+class WrongRun(RuntimeError):
+    """Called from outside the trio run that owns the object (another thread, or no task)."""
 
-    It reads trio's per-task cancel status directly; on a trio without that attribute it
-    falls back to the public (slower) effective-deadline test.
-    """
+
+def cancel_requested() -> bool:
+    """True if the calling task is in an effectively cancelled scope (about 0.1 µs)."""
     try:
         return _current_task()._cancel_status.effectively_cancelled
     except AttributeError:  # pragma: no cover - another trio's internals
+        return trio.current_effective_deadline() == -math.inf
+
+
+def current_run() -> trio.lowlevel.TrioToken:
+    """The calling thread's trio run (its token), for :func:`cancel_requested_in`."""
+    return trio.lowlevel.current_trio_token()
+
+
+def cancel_requested_in(run: trio.lowlevel.TrioToken, message: str = "") -> bool:
+    """:func:`cancel_requested`, after checking that the caller belongs to trio run ``run``.
+
+    The caller belongs to it when it is one of its tasks, or host code around it in the same
+    thread (a guest-mode run's host loop, between trio's ticks: trio supports that, and there
+    no cancellation is pending). Anything else (another thread, another trio run) raises
+    :exc:`WrongRun` (a :exc:`RuntimeError`) with ``message``, before the caller changes
+    anything.
+    """
+    try:
+        task = _current_task()
+    except RuntimeError:
+        try:
+            token = trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            raise WrongRun(message or "called from outside any trio run") from None
+        if token is not run:
+            raise WrongRun(message or "called from another trio run") from None
+        return False
+    try:
+        if task._runner.trio_token is not run:
+            raise WrongRun(message or "called from another trio run")
+        return task._cancel_status.effectively_cancelled
+    except AttributeError:  # pragma: no cover - another trio's internals
+        if trio.lowlevel.current_trio_token() is not run:
+            raise WrongRun(message or "called from another trio run") from None
         return trio.current_effective_deadline() == -math.inf

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -271,7 +272,7 @@ class Bus:
         subscriber = core.router.subscribe(mailbox, accepts)
         self._subscribers += 1
         try:
-            yield Subscription(mailbox, core.router, subscriber, core.thread)
+            yield Subscription(mailbox, core.router, subscriber, core.run)
         finally:
             self._subscribers -= 1
             core.router.unsubscribe(subscriber)
@@ -284,7 +285,7 @@ class Bus:
         Call it in the bus's trio thread; use the portal from any other thread.
         """
         self._core.check_thread()
-        return BusPortal(self, trio.lowlevel.current_trio_token(), self._core.thread)
+        return BusPortal(self, trio.lowlevel.current_trio_token(), threading.get_ident())
 
     def statistics(self) -> BusStatistics:
         core = self._core

@@ -7,21 +7,25 @@ index ``run id -> live actor``, whose size is the number of live runs, bounded b
 from __future__ import annotations
 
 import math
-import threading
 
 import attrs
 import trio
 
-from actors import Router, Supervisor
+from actors import Router, Supervisor, cancel_requested_in, current_run
 
 from ._actor import IDLE_REFRESH_FRACTION, Phase, RunActor
 from ._config import BusConfig, RunContext
 from ._errors import BusClosed, RunAlreadyActive, TooManyRuns
 from ._event import Event
 
-__all__ = ["OUTCOMES", "BusCore", "wrong_thread"]
+__all__ = ["OUTCOMES", "WRONG_THREAD", "BusCore"]
 
 OUTCOMES = ("ok", "error", "aborted", "timeout")
+#: Why a call from outside the bus's trio thread is refused.
+WRONG_THREAD = (
+    "the bus, its runs and its subscriptions belong to the trio thread that opened the bus;"
+    " from another thread use bus.portal(), from asyncio pipeline.aio"
+)
 #: The context of runs started without one; frozen, so every such run can share it.
 DEFAULT_CONTEXT = RunContext()
 
@@ -46,8 +50,8 @@ class BusCore:
     #: timeout). Kept here, not per run: every run of the bus shares them.
     idle_step: float = attrs.field(init=False, default=math.inf)
     idle_window: float = attrs.field(init=False, default=math.inf)
-    #: The OS thread the bus's trio run lives in: the only thread that may call it.
-    thread: int = attrs.field(init=False, factory=threading.get_ident)
+    #: The trio run (so the thread) the bus lives in: only its tasks may call the bus.
+    run: trio.lowlevel.TrioToken = attrs.field(init=False, factory=current_run)
 
     def __attrs_post_init__(self) -> None:
         idle = self.config.run_idle_timeout
@@ -56,9 +60,8 @@ class BusCore:
             self.idle_window = idle + self.idle_step
 
     def check_thread(self) -> None:
-        """:exc:`RuntimeError` unless called from the bus's own trio thread (SPEC 4.8)."""
-        if threading.get_ident() != self.thread:
-            raise wrong_thread()
+        """:exc:`RuntimeError` unless called from a task of the bus's trio run (SPEC 4.8)."""
+        cancel_requested_in(self.run, WRONG_THREAD)
 
     def check_open(self) -> None:
         if self.closing:
@@ -116,10 +119,3 @@ class BusCore:
     async def wait_all_ended(self) -> None:
         if self.runs:
             await self._all_ended.wait()
-
-
-def wrong_thread() -> RuntimeError:
-    return RuntimeError(
-        "the bus, its runs and its subscriptions belong to the trio thread that opened the bus;"
-        " from another thread use bus.portal(), from asyncio pipeline.aio"
-    )

@@ -15,7 +15,6 @@ Whichever stretch is last releases the run's state in its ``finally``.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Literal
@@ -23,18 +22,17 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from actors import cancel_requested
+from actors import cancel_requested_in
 
 from ._actor import MAX_EVENTS_PER_EMIT, MAX_TERMINAL_EVENTS, Phase, RunActor, epoch_ms
 from ._config import RunContext
-from ._core import BusCore, wrong_thread
+from ._core import WRONG_THREAD, BusCore
 from ._errors import BusClosed, UnknownRun
 from ._event import Event
 
 __all__ = ["BodyPhase", "Run", "RunHandle", "RunOutcome", "keep_for_retry", "track_ingested"]
 
 _log = logging.getLogger("pipeline.run")
-_get_ident = threading.get_ident
 
 #: The error text of a run ended by ``run_idle_timeout``.
 IDLE_TIMEOUT_ERROR = "run idle timeout"
@@ -86,9 +84,11 @@ class Run:
         """Publish one event (``await run.emit(...)``); waits only while the router is full.
 
         A plain method returning the coroutine that does the work: emitting is the hot path,
-        and one coroutine per event is cheaper than two. A stale ``Run`` raises at once.
+        and one coroutine per event is cheaper than two. A stale ``Run`` raises at once; a
+        call from another thread raises when awaited, before doing anything.
         """
-        self._phase.check_active()
+        if not self._phase._active:
+            raise UnknownRun(f"run {self._actor.id!r} has no running body")
         return emit(self._actor, stream, data, session_key)
 
     def emit_nowait(self, stream: str, data: Any, *, session_key: str | None = None) -> Event:
@@ -114,11 +114,11 @@ async def emit(actor: RunActor, stream: object, data: object, session_key: objec
     Always a cancellation point (an aborted body gets its ``Cancelled`` here rather than
     publish); a schedule point only when it waits for room.
     """
-    stream, frozen = actor.checked_input(stream, data, session_key)
-    if cancel_requested():
-        await trio.lowlevel.checkpoint()
-    actor.check_running()
     core = actor.core
+    if cancel_requested_in(core.run, WRONG_THREAD):
+        await trio.lowlevel.checkpoint()
+    stream, frozen = actor.checked_input(stream, data, session_key)
+    actor.check_running()
     if core.router.free() < MAX_EVENTS_PER_EMIT:
         await core.wait_room(MAX_EVENTS_PER_EMIT)
         actor.check_running()
@@ -139,16 +139,15 @@ class RunHandle:
 
     id: str
     _actor: RunActor | None
-    #: The bus's trio thread, the only one that may use the handle.
-    _thread: int
+    #: The bus's trio run, whose tasks alone may use the handle.
+    _run: trio.lowlevel.TrioToken
     #: Made by the first wait() before the body finishes; a handle nobody waits on costs less.
     _done: trio.Event | None = None
     _outcome: RunOutcome | None = None
 
     def abort(self, reason: str = "rpc") -> bool:
         """Cancel the body; False if it has already finished."""
-        if _get_ident() != self._thread:
-            raise wrong_thread()
+        cancel_requested_in(self._run, WRONG_THREAD)
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, not {reason!r}")
         if self._actor is None:
@@ -162,8 +161,7 @@ class RunHandle:
 
     async def wait(self) -> RunOutcome:
         """Wait for the body to finish (not for a retry grace) and return its outcome."""
-        if _get_ident() != self._thread:
-            raise wrong_thread()
+        cancel_requested_in(self._run, WRONG_THREAD)
         if self._outcome is None:
             if self._done is None:
                 self._done = trio.Event()
@@ -201,8 +199,7 @@ class BodyPhase:
     _active: bool = attrs.field(init=False, default=False)
 
     def check_active(self) -> None:
-        if _get_ident() != self.core.thread:
-            raise wrong_thread()
+        cancel_requested_in(self.core.run, WRONG_THREAD)
         if not self._active:
             raise UnknownRun(f"run {self.run_id!r} has no running body")
 
@@ -218,7 +215,7 @@ class BodyPhase:
         except BaseException:
             self.actor.release()
             raise
-        self.handle = RunHandle(self.run_id, self.actor, core.thread)
+        self.handle = RunHandle(self.run_id, self.actor, core.run)
         self._active = True
         self._scope = self.actor.open_scope()
         self._scope.__enter__()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
 
 import attrs
@@ -16,11 +15,11 @@ from actors import (
     Mailbox,
     Router,
     Subscriber,
-    cancel_requested,
+    cancel_requested_in,
 )
 
 from ._actor import epoch_ms
-from ._core import wrong_thread
+from ._core import WRONG_THREAD
 from ._event import DROPPED_STREAM, Event
 from ._frozen import FrozenDict
 
@@ -36,8 +35,6 @@ __all__ = [
 
 #: ``closed_reason`` once the bus has closed and every queued event was read.
 BUS_CLOSED = "bus closed"
-
-_get_ident = threading.get_ident
 
 
 @attrs.frozen
@@ -66,8 +63,8 @@ class Subscription:
     _mailbox: Mailbox[Event]
     _router: Router[Event]
     _subscriber: Subscriber[Event]
-    #: The bus's trio thread, the only one that may read the subscription.
-    _thread: int
+    #: The bus's trio run, whose tasks alone may read the subscription.
+    _run: trio.lowlevel.TrioToken
     #: The mailbox's bound method, looked up once: reading is the hot path.
     _take: Callable[[], Event | Dropped] = attrs.field(init=False)
 
@@ -78,9 +75,7 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Event:
-        if _get_ident() != self._thread:
-            raise wrong_thread()
-        if cancel_requested():
+        if cancel_requested_in(self._run, WRONG_THREAD):
             await trio.lowlevel.checkpoint()
         try:
             try:
@@ -102,8 +97,7 @@ class Subscription:
 
     def receive_nowait(self) -> Event:
         """The next event if one is queued, else :exc:`trio.WouldBlock`."""
-        if _get_ident() != self._thread:
-            raise wrong_thread()
+        cancel_requested_in(self._run, WRONG_THREAD)
         item = self._take()
         if type(item) is Dropped:
             return _dropped_marker(item.count)
@@ -116,8 +110,7 @@ class Subscription:
         return self._mailbox.closed_reason
 
     def statistics(self) -> SubscriptionStatistics:
-        if _get_ident() != self._thread:
-            raise wrong_thread()
+        cancel_requested_in(self._run, WRONG_THREAD)
         stats = self._mailbox.statistics()
         return SubscriptionStatistics(
             delivered=stats.received, dropped=stats.dropped, queued=stats.queued
