@@ -14,6 +14,7 @@ from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._mailbox import Overflow as Overflow
 from ._router import ROUTER_STOPPED as ROUTER_STOPPED
 from ._router import SUBSCRIBER_FAILED as SUBSCRIBER_FAILED
+from ._router import IndexEntry as IndexEntry
 from ._router import Router as Router
 from ._router import RouterStatistics as RouterStatistics
 from ._router import Subscriber as Subscriber
@@ -26,6 +27,7 @@ __all__ = [
     "SLOW_CONSUMER",
     "SUBSCRIBER_FAILED",
     "Dropped",
+    "IndexEntry",
     "Mailbox",
     "MailboxStatistics",
     "Overflow",

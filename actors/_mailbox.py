@@ -290,6 +290,42 @@ class Mailbox(Generic[T]):
             await self._park_reader()
         return self.receive_nowait()
 
+    def receive_all_nowait(self) -> list[T | Dropped]:
+        """Everything readable now, as per-item reading would return it: a :class:`Dropped`
+        marker first if items were lost since the last read, then every queued item.
+
+        Raises :exc:`trio.WouldBlock` if there is nothing to read, and :exc:`trio.EndOfChannel`
+        once the mailbox is closed and drained.
+        """
+        queue = self._queue
+        if not queue and not self._unreported_drops:
+            if self._open:
+                raise trio.WouldBlock
+            raise trio.EndOfChannel
+        batch: list[T | Dropped] = []
+        if self._unreported_drops:
+            batch.append(Dropped(self._unreported_drops))
+            self._unreported_drops = 0
+        count = len(queue)
+        batch.extend(queue)
+        queue.clear()
+        self._received += count
+        self._kept_prefix = 0
+        if count and self._waiting_writers:
+            self._wake_writers(count)
+        return batch
+
+    async def receive_all(self) -> list[T | Dropped]:
+        """Like :meth:`receive_all_nowait`, but wait while the mailbox is open and empty.
+
+        It is always a cancellation point, and yields only when it waits.
+        """
+        if cancel_requested():
+            await trio.lowlevel.checkpoint()
+        while self._open and not self._queue and not self._unreported_drops:
+            await self._park_reader()
+        return self.receive_all_nowait()
+
     def take_nowait(self, limit: int) -> list[T]:
         """Take up to ``limit`` queued items at once, for batch consumers.
 

@@ -10,6 +10,13 @@ mailbox's ``block_timeout``, then it is disconnected.
 A subscriber sees exactly the items published after :meth:`Router.subscribe` returned, even if
 older ones were still queued in the inbox at that moment.
 
+Routing costs what the *matching* subscribers cost, not what all of them cost. A router made
+with ``keys`` (a function giving an item's key in each of a few dimensions, such as its run id
+and its session) keeps an index: a subscriber attached with ``index=(dimension, key)`` is
+offered only the items with that key in that dimension, found with one dict lookup per
+dimension; its ``accepts`` filter then checks the rest. Subscribers without an index entry are
+offered everything.
+
 :meth:`Router.flush_nowait` lets a publisher route what is queued from its own task, for items
 that should not wait for the router task's turn in the scheduler (an abort's terminal event).
 """
@@ -17,7 +24,7 @@ that should not wait for the router task's turn in the scheduler (an abort's ter
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, TypeVar
 
 import attrs
@@ -25,7 +32,14 @@ import trio
 
 from ._mailbox import SLOW_CONSUMER, Mailbox, MailboxStatistics, Overflow
 
-__all__ = ["ROUTER_STOPPED", "SUBSCRIBER_FAILED", "Router", "RouterStatistics", "Subscriber"]
+__all__ = [
+    "ROUTER_STOPPED",
+    "SUBSCRIBER_FAILED",
+    "IndexEntry",
+    "Router",
+    "RouterStatistics",
+    "Subscriber",
+]
 
 T = TypeVar("T")
 
@@ -61,6 +75,10 @@ class RouterStatistics:
     subscribers: int
 
 
+#: An index entry: (dimension, key), the dimension being a position in what ``keys`` returns.
+IndexEntry = tuple[int, Hashable]
+
+
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class Subscriber(Generic[T]):
     """One attachment to a router: a filter and the mailbox items go to."""
@@ -70,6 +88,8 @@ class Subscriber(Generic[T]):
     accepts: Callable[[T], bool] | None = None
     #: The inbox position of the first item this subscriber may see.
     starts_at: int = 0
+    #: Where the router's index files it; ``None``: offered every item.
+    index: IndexEntry | None = None
 
 
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
@@ -81,9 +101,22 @@ class Router(Generic[T]):
     """
 
     capacity: int
+    #: An item's key in each indexed dimension (``None``: no index).
+    keys: Callable[[T], tuple[Hashable, ...]] | None = attrs.field(default=None, kw_only=True)
+    #: How many keys ``keys`` returns.
+    key_dimensions: int = attrs.field(default=0, kw_only=True)
+    #: Subscribers filed in the index: while there are none, items' keys are not computed.
+    _indexed: int = attrs.field(init=False, default=0)
     _inbox: Mailbox[T] = attrs.field(init=False)
-    _active: tuple[Subscriber[T], ...] = attrs.field(init=False, default=())
+    #: Subscribers offered every item; dicts as ordered sets: O(1) to leave.
+    _everyone: dict[Subscriber[T], None] = attrs.field(init=False, factory=dict)
+    #: Per dimension: key -> the subscribers filed under it.
+    _index: list[dict[Hashable, dict[Subscriber[T], None]]] = attrs.field(init=False, factory=list)
+    #: Subscribers waiting for the router to reach the items published after they joined.
     _pending: list[Subscriber[T]] = attrs.field(init=False, factory=list)
+    _count: int = attrs.field(init=False, default=0)
+    #: The ``BLOCK`` subscribers, the only ones that can make routing wait.
+    _blocking: dict[Subscriber[T], None] = attrs.field(init=False, factory=dict)
     _published: int = attrs.field(init=False, default=0)
     _routed: int = attrs.field(init=False, default=0)
     _close_reason: str | None = attrs.field(init=False, default=None)
@@ -97,6 +130,9 @@ class Router(Generic[T]):
 
     def __attrs_post_init__(self) -> None:
         self._inbox = Mailbox(self.capacity)
+        if (self.keys is None) != (self.key_dimensions == 0):
+            raise ValueError("keys and key_dimensions (>= 1) go together")
+        self._index = [{} for _ in range(self.key_dimensions)]
 
     # ---- producers ---------------------------------------------------------------------------
 
@@ -134,7 +170,7 @@ class Router(Generic[T]):
             return False
         inbox = self._inbox
         queued = len(inbox)
-        for subscriber in (*self._active, *self._pending):
+        for subscriber in self._blocking:
             mailbox = subscriber.mailbox
             short = mailbox.free() < queued and not mailbox.closed  # closed takes nothing
             if short and mailbox.overflow is Overflow.BLOCK:
@@ -147,27 +183,70 @@ class Router(Generic[T]):
     # ---- subscribers -------------------------------------------------------------------------
 
     def subscribe(
-        self, mailbox: Mailbox[T], accepts: Callable[[T], bool] | None = None
+        self,
+        mailbox: Mailbox[T],
+        accepts: Callable[[T], bool] | None = None,
+        *,
+        index: IndexEntry | None = None,
     ) -> Subscriber[T]:
-        """Attach ``mailbox``; it gets every later item that ``accepts`` (if given) approves."""
+        """Attach ``mailbox``; it gets every later item that ``accepts`` (if given) approves.
+
+        With ``index=(dimension, key)`` it is offered only items whose ``keys(item)[dimension]``
+        is ``key`` (``accepts`` still checks them); that needs a router made with ``keys``.
+        """
         if self._close_reason is not None:
             raise trio.ClosedResourceError("router closed")
-        subscriber = Subscriber(mailbox, accepts, starts_at=self._published)
+        if index is not None and not 0 <= index[0] < self.key_dimensions:
+            raise ValueError(f"no index dimension {index[0]!r} in this router")
+        subscriber = Subscriber(mailbox, accepts, starts_at=self._published, index=index)
+        self._count += 1
+        if mailbox.overflow is Overflow.BLOCK:
+            self._blocking[subscriber] = None
         if self._published == self._routed:
-            self._active += (subscriber,)
+            self._file(subscriber)
         else:
             self._pending.append(subscriber)
         return subscriber
 
-    def unsubscribe(self, subscriber: Subscriber[T]) -> None:
-        """Detach ``subscriber`` and close its mailbox; safe to call more than once."""
-        if subscriber in self._active:
-            self._active = tuple(s for s in self._active if s is not subscriber)
-        elif subscriber in self._pending:
-            self._pending.remove(subscriber)
+    def _file(self, subscriber: Subscriber[T]) -> None:
+        entry = subscriber.index
+        if entry is None:
+            self._everyone[subscriber] = None
         else:
-            return
+            dimension, key = entry
+            self._index[dimension].setdefault(key, {})[subscriber] = None
+            self._indexed += 1
+
+    def _unfile(self, subscriber: Subscriber[T]) -> bool:
+        entry = subscriber.index
+        if entry is None:
+            return self._everyone.pop(subscriber, False) is None
+        dimension, key = entry
+        bucket = self._index[dimension].get(key)
+        if bucket is None or bucket.pop(subscriber, False) is not None:
+            return False
+        if not bucket:
+            del self._index[dimension][key]
+        self._indexed -= 1
+        return True
+
+    def unsubscribe(self, subscriber: Subscriber[T]) -> None:
+        """Detach ``subscriber`` and close its mailbox; safe to call more than once. O(1)."""
+        if not self._unfile(subscriber):
+            if subscriber not in self._pending:
+                return
+            self._pending.remove(subscriber)
+        self._count -= 1
+        self._blocking.pop(subscriber, None)
         self._retire(subscriber)
+
+    def subscribers(self) -> Iterator[Subscriber[T]]:
+        """Every attached subscriber (a snapshot, safe to change the router while iterating)."""
+        filed = [*self._everyone]
+        for buckets in self._index:
+            for bucket in buckets.values():
+                filed.extend(bucket)
+        return iter([*filed, *self._pending])
 
     def _retire(self, subscriber: Subscriber[T]) -> None:
         mailbox = subscriber.mailbox
@@ -216,7 +295,7 @@ class Router(Generic[T]):
             self.close_subscribers(self._close_reason)
 
     def _offer(self, item: T) -> list[Subscriber[T]] | None:
-        """Give ``item`` to every accepting subscriber that has room, without waiting.
+        """Give ``item`` to every matching subscriber that has room, without waiting.
 
         Returns the ``BLOCK`` subscribers that were full, which are still owed the item.
         """
@@ -224,20 +303,57 @@ class Router(Generic[T]):
             self._activate_pending()
         self._routed += 1
         owed: list[Subscriber[T]] | None = None
-        for subscriber in self._active:
+        if self._everyone:
+            owed = self._offer_to(self._everyone, item, owed)
+        if self._indexed:
+            assert self.keys is not None
+            for buckets, key in zip(self._index, self.keys(item), strict=True):
+                if buckets:
+                    bucket = buckets.get(key)
+                    if bucket:
+                        owed = self._offer_to(bucket, item, owed)
+        return owed
+
+    def _offer_to(
+        self,
+        subscribers: dict[Subscriber[T], None],
+        item: T,
+        owed: list[Subscriber[T]] | None,
+    ) -> list[Subscriber[T]] | None:
+        gone: list[Subscriber[T]] | None = None
+        for subscriber in subscribers:
+            accepts = subscriber.accepts
+            mailbox = subscriber.mailbox
             try:
-                accepts = subscriber.accepts
-                if accepts is None or accepts(item):
-                    subscriber.mailbox.send_nowait(item)
+                if accepts is not None and not accepts(item):
+                    continue
+                # Mailbox.send_nowait, inlined for the common case: open, with room.
+                queue = mailbox._queue
+                if mailbox._open and len(queue) < mailbox.capacity:
+                    queue.append(item)
+                    if mailbox._waiting_readers:
+                        mailbox._wake_reader()
+                else:
+                    mailbox.send_nowait(item)
             except trio.WouldBlock:
                 if owed is None:
                     owed = []
                 owed.append(subscriber)
-            except trio.ClosedResourceError:
-                self.unsubscribe(subscriber)
-            except Exception:
-                self._fail(subscriber)
+            except Exception as exc:
+                if gone is None:
+                    gone = []
+                gone.append(subscriber)
+                if not isinstance(exc, trio.ClosedResourceError):
+                    self._log_failure(subscriber)
+        if gone is not None:  # not while iterating: the dict would change size
+            for subscriber in gone:
+                self._drop(subscriber)
         return owed
+
+    def _drop(self, subscriber: Subscriber[T]) -> None:
+        if not subscriber.mailbox.closed:
+            subscriber.mailbox.disconnect(SUBSCRIBER_FAILED)
+        self.unsubscribe(subscriber)
 
     async def _deliver_waiting(self, item: T, owed: list[Subscriber[T]]) -> None:
         """Wait for room at each full ``BLOCK`` subscriber, up to its ``block_timeout``."""
@@ -250,16 +366,21 @@ class Router(Generic[T]):
                 self._fail(subscriber)
 
     def _fail(self, subscriber: Subscriber[T]) -> None:
+        self._log_failure(subscriber)
+        self._drop(subscriber)
+
+    def _log_failure(self, subscriber: Subscriber[T]) -> None:
         # A subscriber's own filter or policy hook is broken: it alone pays.
         _log.exception("router: subscriber failed on an item; it is disconnected")
-        subscriber.mailbox.disconnect(SUBSCRIBER_FAILED)
-        self.unsubscribe(subscriber)
+        if not subscriber.mailbox.closed:
+            subscriber.mailbox.disconnect(SUBSCRIBER_FAILED)
 
     def _activate_pending(self) -> None:
         ready = [s for s in self._pending if s.starts_at <= self._routed]
         if ready:
             self._pending = [s for s in self._pending if s.starts_at > self._routed]
-            self._active += tuple(ready)
+            for subscriber in ready:
+                self._file(subscriber)
 
     def close_subscribers(self, reason: str) -> None:
         """Close every subscriber's mailbox now, without waiting for the inbox to drain.
@@ -268,13 +389,11 @@ class Router(Generic[T]):
         mailbox stops waiting; items still in the inbox reach no one. For shutdowns that
         cannot wait any longer.
         """
-        for subscriber in (*self._active, *self._pending):
+        for subscriber in self.subscribers():
             subscriber.mailbox.close(reason)
 
     def statistics(self) -> RouterStatistics:
-        live: list[MailboxStatistics] = [
-            s.mailbox.statistics() for s in (*self._active, *self._pending)
-        ]
+        live: list[MailboxStatistics] = [s.mailbox.statistics() for s in self.subscribers()]
         return RouterStatistics(
             published=self._published,
             queued=len(self._inbox),

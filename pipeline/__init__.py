@@ -29,6 +29,7 @@ from ._subscription import BUS_CLOSED as BUS_CLOSED
 from ._subscription import ROUTER_STOPPED as ROUTER_STOPPED
 from ._subscription import SLOW_CONSUMER as SLOW_CONSUMER
 from ._subscription import SUBSCRIBER_FAILED as SUBSCRIBER_FAILED
+from ._subscription import Batches as Batches
 from ._subscription import Subscription as Subscription
 from ._subscription import SubscriptionStatistics as SubscriptionStatistics
 
@@ -37,6 +38,7 @@ __all__ = [
     "ROUTER_STOPPED",
     "SLOW_CONSUMER",
     "SUBSCRIBER_FAILED",
+    "Batches",
     "Bus",
     "BusClosed",
     "BusConfig",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -29,7 +29,7 @@ from ._run import (
     emit_nowait,
     track_ingested,
 )
-from ._subscription import BUS_CLOSED, Subscription, event_filter
+from ._subscription import BUS_CLOSED, EventFilter, Subscription, event_filter, event_keys
 
 __all__ = ["Bus", "BusStatistics", "open_bus"]
 
@@ -251,13 +251,13 @@ class Bus:
             raise TypeError(f"overflow must be an Overflow, not {overflow!r}")
         if not isinstance(local_only, bool):
             raise TypeError(f"local_only must be a bool, not {local_only!r}")
-        accepts = event_filter(run_id, session_key, streams, local_only=local_only)
+        where = event_filter(run_id, session_key, streams, local_only=local_only)
         capacity = _buffer(buffer, self._core.config.subscriber_buffer)
-        return self._subscription(accepts, overflow, capacity)
+        return self._subscription(where, overflow, capacity)
 
     @asynccontextmanager
     async def _subscription(
-        self, accepts: Callable[[Event], bool] | None, overflow: Overflow, capacity: int
+        self, where: EventFilter, overflow: Overflow, capacity: int
     ) -> AsyncIterator[Subscription]:
         core = self._core
         if cancel_requested():
@@ -269,7 +269,7 @@ class Bus:
             )
         timeout = core.config.block_timeout if overflow is Overflow.BLOCK else None
         mailbox: Mailbox[Event] = Mailbox(capacity, overflow, timeout, is_droppable)
-        subscriber = core.router.subscribe(mailbox, accepts)
+        subscriber = core.router.subscribe(mailbox, where.accepts, index=where.index)
         self._subscribers += 1
         try:
             yield Subscription(mailbox, core.router, subscriber, core.run)
@@ -363,7 +363,8 @@ async def open_bus(config: BusConfig | None = None) -> AsyncIterator[Bus]:
 
 
 def _new_core(config: BusConfig, supervisor: Supervisor) -> BusCore:
-    return BusCore(config, Router(config.router_buffer), supervisor)
+    router: Router[Event] = Router(config.router_buffer, keys=event_keys, key_dimensions=2)
+    return BusCore(config, router, supervisor)
 
 
 async def _serve_body(

@@ -12,6 +12,7 @@ from actors import (
     SLOW_CONSUMER,
     SUBSCRIBER_FAILED,
     Dropped,
+    IndexEntry,
     Mailbox,
     Router,
     Subscriber,
@@ -28,9 +29,12 @@ __all__ = [
     "ROUTER_STOPPED",
     "SLOW_CONSUMER",
     "SUBSCRIBER_FAILED",
+    "Batches",
+    "EventFilter",
     "Subscription",
     "SubscriptionStatistics",
     "event_filter",
+    "event_keys",
 ]
 
 #: ``closed_reason`` once the bus has closed and every queued event was read.
@@ -103,6 +107,16 @@ class Subscription:
             return _dropped_marker(item.count)
         return item  # type: ignore[return-value]
 
+    def batches(self) -> Batches:
+        """An async iterator of non-empty lists of events: everything queued at each step.
+
+        ``async for batch in sub.batches():`` reads exactly the events, in the same order and
+        with the same ``dropped`` markers, as ``async for event in sub``, at a fraction of the
+        cost per event. Each step is a cancellation point; it yields to the scheduler only
+        when nothing is queued.
+        """
+        return Batches(self)
+
     @property
     def closed_reason(self) -> str | None:
         """``None`` while open; once ended, :data:`BUS_CLOSED`, :data:`SLOW_CONSUMER`,
@@ -124,43 +138,92 @@ def _dropped_marker(count: int) -> Event:
     return Event("", 0, DROPPED_STREAM, epoch_ms(), FrozenDict(count=count), None)
 
 
+#: The router's index dimensions for events: ``keys(event)[RUN]`` and ``[SESSION]``.
+RUN, SESSION = 0, 1
+
+
+def event_keys(event: Event) -> tuple[str, str | None]:
+    """An event's keys in the router's index: its run id and its session key."""
+    return (event.run_id, event.session_key)
+
+
+@attrs.frozen
+class EventFilter:
+    """Where the router files a subscription and what it still checks per event.
+
+    The most selective field given goes to the index (run id, else session key), so an event
+    costs only the subscriptions that can match it; ``accepts`` checks the fields left.
+    """
+
+    index: IndexEntry | None
+    accepts: Callable[[Event], bool] | None
+
+
 def event_filter(
     run_id: str | None,
     session_key: str | None,
     streams: Iterable[str] | None,
     *,
     local_only: bool = False,
-) -> Callable[[Event], bool] | None:
-    """The router-side filter for a subscription; ``None`` when it takes every event."""
-    accepts = _field_filter(run_id, session_key, streams)
-    if not local_only:
-        return accepts
-    if accepts is None:
-        return lambda event: not event.ingested
-    fields = accepts
-    return lambda event: not event.ingested and fields(event)
-
-
-def _field_filter(
-    run_id: str | None, session_key: str | None, streams: Iterable[str] | None
-) -> Callable[[Event], bool] | None:
+) -> EventFilter:
+    """The router-side filter for a subscription."""
+    for name, value in (("run_id", run_id), ("session_key", session_key)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a str or None, not {value!r}")
     if isinstance(streams, str):
         raise TypeError("streams must be a collection of stream names, not one str")
     wanted = None if streams is None else frozenset(streams)
     if wanted is not None and not all(isinstance(s, str) for s in wanted):
         raise TypeError("streams must contain only str")
-    if run_id is None and session_key is None and wanted is None:
-        return None
-    if run_id is None and wanted is None:
-        return lambda event: event.session_key == session_key
-    if session_key is None and wanted is None:
-        return lambda event: event.run_id == run_id
+    index: IndexEntry | None = None
+    if run_id is not None:
+        index = (RUN, run_id)
+    elif session_key is not None:
+        index = (SESSION, session_key)
+    also_session = session_key if run_id is not None else None
+    return EventFilter(index, _rest(also_session, wanted, local_only))
+
+
+def _rest(
+    session_key: str | None, wanted: frozenset[str] | None, local_only: bool
+) -> Callable[[Event], bool] | None:
+    """The checks the index does not make; ``None`` when there are none (the hot path)."""
+    if session_key is None and not local_only:
+        if wanted is None:
+            return None
+        return lambda event: event.stream in wanted
 
     def accepts(event: Event) -> bool:
         return (
-            (run_id is None or event.run_id == run_id)
-            and (session_key is None or event.session_key == session_key)
+            (session_key is None or event.session_key == session_key)
             and (wanted is None or event.stream in wanted)
+            and not (local_only and event.ingested)
         )
 
     return accepts
+
+
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
+class Batches:
+    """The iterator :meth:`Subscription.batches` returns."""
+
+    _subscription: Subscription
+
+    def __aiter__(self) -> Batches:
+        return self
+
+    async def __anext__(self) -> list[Event]:
+        sub = self._subscription
+        if cancel_requested_in(sub._run, WRONG_THREAD):
+            await trio.lowlevel.checkpoint()
+        mailbox = sub._mailbox
+        try:
+            try:
+                items = mailbox.receive_all_nowait()
+            except trio.WouldBlock:
+                items = await mailbox.receive_all()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        if type(items[0]) is Dropped:
+            items[0] = _dropped_marker(items[0].count)
+        return items  # type: ignore[return-value]  # every other item is an Event

@@ -643,3 +643,107 @@ class TestRouterStopping:
                 nursery.cancel_scope.cancel()
             with pytest.raises(trio.ClosedResourceError):
                 await router.publish(2)
+
+
+def parity_and_tens(item: int) -> tuple[int, int]:
+    """Index keys of an int: its parity (dimension 0) and its tens (dimension 1)."""
+    return (item % 2, item // 10)
+
+
+@pytest.fixture
+async def indexed(nursery: trio.Nursery) -> Router[int]:
+    """A router indexing ints by parity and by tens, with an inbox of 64, already serving."""
+    router: Router[int] = Router(64, keys=parity_and_tens, key_dimensions=2)
+    await nursery.start(router.serve)
+    return router
+
+
+class TestIndex:
+    async def test_an_indexed_subscriber_gets_only_items_with_its_key(
+        self, indexed: Router[int]
+    ) -> None:
+        odd, teens = make_mailbox(), make_mailbox()
+        indexed.subscribe(odd, index=(0, 1))
+        indexed.subscribe(teens, index=(1, 1))
+        publish_all(indexed, range(25))
+        await trio.testing.wait_all_tasks_blocked()
+        assert drain(odd) == list(range(1, 25, 2))
+        assert drain(teens) == list(range(10, 20))
+
+    async def test_the_filter_checks_what_the_index_does_not(self, indexed: Router[int]) -> None:
+        mailbox = make_mailbox()
+        indexed.subscribe(mailbox, lambda item: item > 12, index=(1, 1))
+        publish_all(indexed, range(25))
+        await trio.testing.wait_all_tasks_blocked()
+        assert drain(mailbox) == list(range(13, 20))
+
+    async def test_an_unindexed_subscriber_still_gets_everything(
+        self, indexed: Router[int]
+    ) -> None:
+        everything, evens = make_mailbox(), make_mailbox()
+        indexed.subscribe(everything)
+        indexed.subscribe(evens, index=(0, 0))
+        publish_all(indexed, range(6))
+        await trio.testing.wait_all_tasks_blocked()
+        assert (drain(everything), drain(evens)) == ([0, 1, 2, 3, 4, 5], [0, 2, 4])
+
+    async def test_items_keys_are_not_computed_while_no_subscriber_is_indexed(
+        self, nursery: trio.Nursery
+    ) -> None:
+        computed: list[int] = []
+
+        def keys(item: int) -> tuple[int]:
+            computed.append(item)
+            return (item,)
+
+        router: Router[int] = Router(16, keys=keys, key_dimensions=1)
+        await nursery.start(router.serve)
+        router.subscribe(make_mailbox())
+        publish_all(router, [1, 2])
+        await trio.testing.wait_all_tasks_blocked()
+        subscriber = router.subscribe(make_mailbox(), index=(0, 3))
+        publish_all(router, [3])
+        await trio.testing.wait_all_tasks_blocked()
+        router.unsubscribe(subscriber)
+        publish_all(router, [4])
+        await trio.testing.wait_all_tasks_blocked()
+        assert computed == [3]
+
+    async def test_unsubscribing_an_indexed_subscriber_empties_its_bucket(
+        self, indexed: Router[int]
+    ) -> None:
+        mailbox = make_mailbox()
+        subscriber = indexed.subscribe(mailbox, index=(0, 1))
+        indexed.unsubscribe(subscriber)
+        indexed.unsubscribe(subscriber)  # twice is fine
+        publish_all(indexed, [1, 3])
+        await trio.testing.wait_all_tasks_blocked()
+        assert (drain(mailbox), indexed.statistics().subscribers) == ([], 0)
+        assert indexed._index == [{}, {}]
+
+    async def test_an_indexed_subscriber_joining_behind_queued_items_sees_only_later_ones(
+        self,
+    ) -> None:
+        router: Router[int] = Router(16, keys=parity_and_tens, key_dimensions=2)
+        router.publish_nowait(1)
+        mailbox = make_mailbox()
+        router.subscribe(mailbox, index=(0, 1))
+        router.publish_nowait(3)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(router.serve)
+            await trio.testing.wait_all_tasks_blocked()
+            assert drain(mailbox) == [3]
+            nursery.cancel_scope.cancel()
+
+    def test_an_index_entry_needs_a_dimension_the_router_has(self) -> None:
+        router: Router[int] = Router(4, keys=parity_and_tens, key_dimensions=2)
+        with pytest.raises(ValueError, match="dimension"):
+            router.subscribe(make_mailbox(), index=(2, 0))
+        with pytest.raises(ValueError, match="dimension"):
+            Router[int](4).subscribe(make_mailbox(), index=(0, 0))
+
+    def test_keys_and_their_dimension_count_go_together(self) -> None:
+        with pytest.raises(ValueError, match="key_dimensions"):
+            Router[int](4, keys=parity_and_tens)
+        with pytest.raises(ValueError, match="key_dimensions"):
+            Router[int](4, key_dimensions=2)
