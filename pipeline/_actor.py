@@ -34,6 +34,7 @@ from ._event import (
     checked_data,
     checked_stream,
     is_terminal,
+    make_event,
 )
 from ._frozen import FrozenDict, frozen_value
 
@@ -221,7 +222,7 @@ class RunActor:
         self.last_seq = seq = self.last_seq + 1
         # Events of a run known from ingest (a tracked run's own closing events) are not local.
         remote = self.phase is Phase.TRACKING
-        event = Event(self.id, seq, stream, ts, data, key, remote)
+        event = make_event(self.id, seq, stream, ts, data, key, remote)
         core = self.core
         now = core.clock.current_time()
         publish = core.publish
@@ -232,13 +233,13 @@ class RunActor:
             chat = self._chat_projection()
             before = chat.before(stream, data, now, ts)
             if before is not None:
-                publish(Event(self.id, seq, CHAT, ts, frozen_value(before), key, remote))
+                publish(make_event(self.id, seq, CHAT, ts, frozen_value(before), key, remote))
             publish(event)
             truncations = chat.truncations
             after = chat.after(stream, data, now, ts)
             self.core.chat_truncations += chat.truncations - truncations
             if after is not None:
-                publish(Event(self.id, seq, CHAT, ts, frozen_value(after), key, remote))
+                publish(make_event(self.id, seq, CHAT, ts, frozen_value(after), key, remote))
         if now - self._refreshed_at >= core.idle_step:
             self._touch(now)
         return event
@@ -259,7 +260,9 @@ class RunActor:
         key = self._closing_chat_key()
         if payload is not None and key is not None:
             remote = self.phase is Phase.TRACKING
-            self.core.publish(Event(self.id, seq, CHAT, ts, frozen_value(payload), key, remote))
+            self.core.publish(
+                make_event(self.id, seq, CHAT, ts, frozen_value(payload), key, remote)
+            )
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -338,7 +341,9 @@ class RunActor:
                 # Unless an upstream bus already reported this gap (its event was noted).
                 gap = FrozenDict(reason=SEQ_GAP, expected=last + 1, received=event.seq)
                 self.core.publish(
-                    Event(self.id, event.seq, "error", epoch_ms(), gap, event.session_key, True)
+                    make_event(
+                        self.id, event.seq, "error", epoch_ms(), gap, event.session_key, True
+                    )
                 )
             self.last_seq = event.seq
             self.core.publish(event)

@@ -21,7 +21,7 @@ from actors import (
 
 from ._actor import epoch_ms
 from ._core import WRONG_THREAD
-from ._event import DROPPED_STREAM, Event
+from ._event import DROPPED_STREAM, Event, make_event
 from ._frozen import FrozenDict
 
 __all__ = [
@@ -135,7 +135,7 @@ class Subscription:
 
 
 def _dropped_marker(count: int) -> Event:
-    return Event("", 0, DROPPED_STREAM, epoch_ms(), FrozenDict(count=count), None)
+    return make_event("", 0, DROPPED_STREAM, epoch_ms(), FrozenDict(count=count), None)
 
 
 #: The router's index dimensions for events: ``keys(event)[RUN]`` and ``[SESSION]``.

@@ -169,3 +169,44 @@ class TestDroppability:
             assert sub.closed_reason is None
             assert sub.receive_nowait().stream == "dropped"
         assert agent_bus.statistics().disconnects == 0
+
+
+class TestTheEventValue:
+    def test_an_event_is_immutable(self) -> None:
+        event = pl.Event("r1", 1, "assistant", 1, {"delta": "x"})
+        with pytest.raises(AttributeError):
+            event.seq = 2
+        with pytest.raises(AttributeError):
+            del event.stream
+
+    def test_the_bus_own_events_are_immutable_too(self) -> None:
+        from pipeline._event import make_event
+
+        event = make_event("r1", 1, "assistant", 1, {"delta": "x"})
+        assert type(event) is pl.Event
+        with pytest.raises(AttributeError):
+            event.seq = 2
+
+    def test_equality_ignores_the_ingested_mark(self) -> None:
+        local = pl.Event("r1", 1, "assistant", 1, {"delta": "x"}, "s")
+        assert local == pl.Event("r1", 1, "assistant", 1, {"delta": "x"}, "s", ingested=True)
+        assert local != pl.Event("r1", 2, "assistant", 1, {"delta": "x"}, "s")
+        assert local != ("r1", 1, "assistant", 1, {"delta": "x"}, "s")
+
+    def test_an_event_is_not_a_sequence(self) -> None:
+        event = pl.Event("r1", 1, "assistant", 1)
+        with pytest.raises(TypeError):
+            iter(event)  # type: ignore[call-overload]
+
+    def test_evolve_makes_a_changed_copy(self) -> None:
+        event = pl.Event("r1", 1, "assistant", 1, {"delta": "x"}, "s", ingested=True)
+        changed = event.evolve(seq=2)
+        assert (changed.seq, changed.run_id, changed.ingested, event.seq) == (2, "r1", True, 1)
+        with pytest.raises(TypeError, match="nope"):
+            event.evolve(nope=1)
+
+    def test_repr_shows_the_wire_fields(self) -> None:
+        event = pl.Event("r1", 1, "assistant", 1, {}, "s")
+        assert repr(event) == (
+            "Event(run_id='r1', seq=1, stream='assistant', ts=1, data={}, session_key='s')"
+        )
