@@ -3,11 +3,9 @@
 The trio bus (:func:`pipeline.open_bus`) runs in trio's guest mode on the running asyncio loop,
 in the loop's thread. A call that can finish at once calls the trio bus directly (trio allows
 its synchronous functions from the host loop once the guest run is set up); a call that must
-wait *hops*: ``TrioToken.run_sync_soon`` runs a starter in trio, which finishes it or starts a
-task in a nursery owned by the guest run's main task, and an :class:`asyncio.Future` brings back
-the result or the trio bus's own exception. A run body is an asyncio task, which the trio run
-body waits for, re-raises the exception of, and cancels when the run is stopped. See
-``docs/asyncio.md``.
+wait *hops* into trio and back (the guest run and the hops are in :mod:`pipeline._aio_bridge`).
+A run body is an asyncio task, which the trio run body waits for, re-raises the exception of,
+and cancels when the run is stopped. See ``docs/asyncio.md``.
 """
 
 from __future__ import annotations
@@ -16,20 +14,17 @@ import asyncio
 import contextvars
 import functools
 import logging
-import math
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from typing import Any, Generic, Protocol, TypeVar, final
+from typing import Any, final
 
 import attrs
 import trio
 
 from actors import Overflow
 
-from ._bus import Bus as TrioBus
+from ._aio_bridge import Bridge, Call, Feed, Guest, bus_closed
 from ._bus import BusStatistics
-from ._bus import open_bus as open_trio_bus
 from ._config import BusConfig, RunContext
 from ._errors import BusClosed, UnknownRun
 from ._event import DROPPED_STREAM, Event
@@ -43,8 +38,6 @@ __all__ = ["Bus", "Run", "RunBody", "RunHandle", "Subscription", "open_bus"]
 
 _log = logging.getLogger("pipeline.aio")
 
-T = TypeVar("T")
-
 #: An asyncio run body: ``async def body(run: pipeline.aio.Run) -> None``.
 RunBody = Callable[["Run"], Coroutine[Any, Any, object]]
 
@@ -52,257 +45,21 @@ RunBody = Callable[["Run"], Coroutine[Any, Any, object]]
 CANCELLED_IN_ASYNCIO = "cancelled"
 
 
-class _Outcome(Protocol):
-    def unwrap(self) -> object: ...
-
-
-# ---- one call from asyncio into trio ---------------------------------------------------------
-
-
-@final
-@attrs.define(eq=False)
-class _Call(Generic[T]):
-    """One asyncio call's trip into trio: the asyncio future and the scope of its trio task."""
-
-    future: asyncio.Future[T]
-    #: Run in trio on a result the asyncio caller will never see (it was cancelled).
-    undo: Callable[[T], object] | None = None
-    scope: trio.CancelScope | None = None
-
-    def succeed(self, value: T) -> None:
-        if not self.future.done():  # the asyncio caller may have been cancelled meanwhile
-            self.future.set_result(value)
-
-    def fail(self, exc: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
-
-    def cancel(self) -> None:
-        """In trio: the asyncio caller was cancelled, so stop the trio task doing the work."""
-        if self.scope is not None:
-            self.scope.cancel()
-
-
-#: What a call runs first, in trio: it settles the call itself or hands it to a task.
-_Starter = Callable[..., None]
-
-
-def _closed() -> BusClosed:
-    return BusClosed("the bus is closed")
-
-
-@final
-@attrs.define(eq=False)
-class _Bridge:
-    """The trio side of an asyncio bus: the trio bus, the token and the nursery for calls."""
-
-    loop: asyncio.AbstractEventLoop
-    token: trio.lowlevel.TrioToken
-    bus: TrioBus
-    #: Owned by the guest run's main task; every task a call starts lives in it.
-    nursery: trio.Nursery
-    #: Set once the guest run has finished: no more calls.
-    finished: bool = False
-    #: The bus's statistics once it had closed, for calls after the guest run has finished.
-    final_statistics: BusStatistics | None = None
-    _pending: set[_Call[Any]] = attrs.field(factory=set)
-    _feeds: set[_Feed] = attrs.field(factory=set)
-
-    # ---- from asyncio ----
-
-    async def call(
-        self, starter: _Starter, *args: object, undo: Callable[[Any], object] | None = None
-    ) -> Any:
-        """Run ``starter(call, *args)`` in trio and wait (in asyncio) for the call's result.
-
-        If this caller is cancelled, so is the trio side; a result it will not see is given
-        to ``undo`` (in trio).
-        """
-        if asyncio.get_running_loop() is not self.loop:
-            raise RuntimeError("a pipeline.aio bus is used from the loop that opened it only")
-        call: _Call[Any] = _Call(self.loop.create_future(), undo)
-        self.soon(self._begin, call, starter, args)
-        self._pending.add(call)
-        try:
-            return await call.future
-        except asyncio.CancelledError:
-            future = call.future
-            if not future.done() or future.cancelled():
-                self.soon_quietly(call.cancel)
-            elif future.exception() is None and undo is not None:
-                self.soon_quietly(undo, future.result())  # done, then cancelled before resuming
-            raise
-        finally:
-            self._pending.discard(call)
-
-    async def run(
-        self,
-        async_fn: Callable[..., Awaitable[T]],
-        *args: object,
-        undo: Callable[[T], object] | None = None,
-    ) -> T:
-        """``await async_fn(*args)`` in a trio task; its result or exception, in asyncio."""
-        result: T = await self.call(self.spawn, async_fn, *args, undo=undo)
-        return result
-
-    def soon(self, fn: Callable[..., object], *args: object) -> None:
-        """``fn(*args)`` soon, in trio; :exc:`BusClosed` if the guest run has finished."""
-        if self.finished:
-            raise _closed()
-        try:
-            self.token.run_sync_soon(fn, *args)
-        except trio.RunFinishedError:
-            raise _closed() from None
-
-    def soon_quietly(self, fn: Callable[..., object], *args: object) -> None:
-        """``fn(*args)`` soon in trio, unless the guest run has finished (then nothing to do)."""
-        if not self.finished:
-            with suppress(trio.RunFinishedError):
-                self.token.run_sync_soon(fn, *args)
-
-    # ---- in trio ----
-
-    def _begin(self, call: _Call[Any], starter: _Starter, args: tuple[object, ...]) -> None:
-        if call.future.done():  # cancelled in asyncio before trio got to it
-            return
-        try:
-            starter(call, *args)
-        except Exception as exc:  # the trio bus's own error, raised in the asyncio caller
-            call.fail(exc)
-
-    def spawn(self, call: _Call[T], async_fn: Callable[..., Awaitable[T]], *args: object) -> None:
-        """Finish ``call`` with ``await async_fn(*args)`` in a task of the calls' nursery."""
-        try:
-            self.nursery.start_soon(self._settle, call, async_fn, args, name="pipeline.aio.call")
-        except RuntimeError:  # the nursery is closed: the bus has closed
-            call.fail(_closed())
-
-    async def _settle(
-        self, call: _Call[T], async_fn: Callable[..., Awaitable[T]], args: tuple[object, ...]
-    ) -> None:
-        try:
-            if call.future.done():
-                return
-            with trio.CancelScope() as call.scope:
-                try:
-                    result = await async_fn(*args)
-                except Exception as exc:
-                    call.fail(exc)
-                else:
-                    if call.future.done() and call.undo is not None:  # the caller was cancelled
-                        call.undo(result)
-                    call.succeed(result)
-        finally:
-            call.fail(_closed())  # cancelled with the nursery (no-op if already settled)
-
-    def finish(self) -> None:
-        """The guest run has ended: fail what is still waiting for trio."""
-        self.finished = True
-        for call in list(self._pending):
-            call.fail(_closed())
-
-    # ---- subscriptions, in trio ----
-
-    async def open_feed(
-        self, trio_cm: AbstractAsyncContextManager[TrioSubscription], capacity: int
-    ) -> _Feed:
-        feed = _Feed(capacity)
-        await self.nursery.start(self._hold_feed, feed, trio_cm, name="pipeline.aio.subscription")
-        return feed
-
-    async def _hold_feed(
-        self,
-        feed: _Feed,
-        trio_cm: AbstractAsyncContextManager[TrioSubscription],
-        *,
-        task_status: trio.TaskStatus[None],
-    ) -> None:
-        try:
-            async with trio_cm as sub:
-                feed.sub = sub
-                self._feeds.add(feed)
-                try:
-                    task_status.started()
-                    await feed.released.wait()
-                finally:
-                    self._feeds.discard(feed)
-                    feed.final_statistics = sub.statistics()
-        finally:
-            feed.gone.set()
-
-    async def end_feeds(self) -> None:
-        """After the bus has closed: move what each subscription still holds to asyncio."""
-        for feed in list(self._feeds):
-            with trio.move_on_after(self.bus.config.shutdown_timeout):
-                async with feed.lock:  # after a read in progress, so order is kept
-                    feed.take(math.inf)
-            feed.ended = True
-
-
 # ---- subscriptions ---------------------------------------------------------------------------
 
 
-@final
-@attrs.define(eq=False)
-class _Feed:
-    """One asyncio subscription: its trio subscription and the events moved to asyncio.
-
-    The trio side appends (in trio, under ``lock``); the asyncio side pops. Both run in the
-    loop's thread, one at a time.
-    """
-
-    #: The most events one read moves to the asyncio side.
-    capacity: int
-    events: deque[Event] = attrs.field(factory=deque)
-    ended: bool = False
-    sub: TrioSubscription = attrs.field(init=False)
-    #: Its statistics when it ended, for calls after the guest run has finished.
-    final_statistics: SubscriptionStatistics | None = None
-    lock: trio.Lock = attrs.field(factory=trio.Lock)
-    released: trio.Event = attrs.field(factory=trio.Event)
-    gone: trio.Event = attrs.field(factory=trio.Event)
-
-    def take(self, limit: float) -> bool:
-        """Move queued events, up to ``limit`` held here; True if any moved or it has ended."""
-        events, receive_nowait = self.events, self.sub.receive_nowait
-        moved = False
-        while len(events) < limit:
-            try:
-                events.append(receive_nowait())
-            except trio.WouldBlock:
-                break
-            except trio.EndOfChannel:
-                self.ended = True
-                return True
-            moved = True
-        return moved
-
-    async def fill(self) -> None:
-        async with self.lock:
-            if self.ended or self.take(self.capacity):
-                return
-            try:
-                event = await self.sub.receive()
-            except trio.EndOfChannel:
-                self.ended = True
-                return
-            self.events.append(event)
-            self.take(self.capacity)
-
-
-def _release(feed: _Feed) -> None:
+def _release(feed: Feed) -> None:
     feed.released.set()
 
 
-def _start_fill(call: _Call[None], bridge: _Bridge, feed: _Feed) -> None:
+def _start_fill(call: Call[None], bridge: Bridge, feed: Feed) -> None:
     if feed.ended or (not feed.lock.locked() and feed.take(feed.capacity)):
         call.succeed(None)
     else:
         bridge.spawn(call, feed.fill)
 
 
-def _start_release(call: _Call[None], bridge: _Bridge, feed: _Feed) -> None:
-    _release(feed)
+def _start_wait_gone(call: Call[None], bridge: Bridge, feed: Feed) -> None:
     if feed.gone.is_set():
         call.succeed(None)
     else:
@@ -319,8 +76,8 @@ class Subscription:
     nothing is queued does it hop into trio to wait. Read it from one task at a time.
     """
 
-    _bridge: _Bridge
-    _feed: _Feed
+    _bridge: Bridge
+    _feed: Feed
 
     def __aiter__(self) -> Subscription:
         return self
@@ -348,7 +105,7 @@ class Subscription:
         if self._bridge.finished:
             stats = self._feed.final_statistics
             if stats is None:  # the guest run crashed
-                raise _closed()
+                raise bus_closed()
         else:
             stats = self._feed.sub.statistics()
         moved = sum(1 for event in self._feed.events if event.stream != DROPPED_STREAM)
@@ -365,27 +122,31 @@ class Subscription:
 class _Body:
     """One asyncio run body, and the trio run body that runs it as an asyncio task."""
 
-    bridge: _Bridge
+    bridge: Bridge
     fn: RunBody
     #: The asyncio caller's context variables, for the body's task.
     context: contextvars.Context
     trio_run: TrioRun = attrs.field(init=False)
-    #: Set (in trio) once the asyncio task has ended or been given up on.
-    ended: trio.Event = attrs.field(init=False)
+    task: asyncio.Task[object] = attrs.field(init=False)
+    #: Set (in trio) once the bus has cancelled the asyncio task, or it has ended or been
+    #: given up on: from then on an emit into the stopped run raises at once, rather than
+    #: wait for a cancellation that has already been delivered.
+    stopped: trio.Event = attrs.field(init=False)
 
     async def serve(self, trio_run: TrioRun) -> object:
         """The trio run body: run the asyncio body and end as it ended."""
-        self.trio_run, self.ended = trio_run, trio.Event()
+        self.trio_run, self.stopped = trio_run, trio.Event()
         bridge = self.bridge
         done = trio.Event()
         coro = self.context.run(self.fn, Run(trio_run, self))
-        task = bridge.loop.create_task(coro, context=self.context)
+        self.task = task = bridge.loop.create_task(coro, context=self.context)
         task.add_done_callback(lambda _: bridge.soon_quietly(done.set))
         try:
             await done.wait()
         finally:
             if not task.done():  # aborted, timed out, or the bus is closing
                 task.cancel()
+                self.stopped.set()  # its cleanup may emit, and must not wait for itself
                 with (
                     trio.CancelScope(shield=True),
                     trio.move_on_after(bridge.bus.config.shutdown_timeout),
@@ -395,7 +156,7 @@ class _Body:
                 _log.warning("the asyncio body of run %r ignored its cancellation", trio_run.id)
             elif not task.cancelled():
                 task.exception()  # retrieved, so asyncio does not log it as never retrieved
-            self.ended.set()
+            self.stopped.set()
         if task.cancelled():
             # Cancelled by asyncio code, not by the bus: end the run as trio ends a body
             # cancelled from outside, as aborted.
@@ -411,28 +172,28 @@ class _Body:
         try:
             return await self.trio_run.emit(stream, data, session_key=session_key)
         except UnknownRun:
-            await self.ended.wait()  # being stopped: the asyncio task is cancelled meanwhile
+            await self.stopped.wait()  # being stopped: the asyncio task is cancelled meanwhile
             raise
 
-    async def fail_when_ended(self, exc: BaseException) -> Event:
-        await self.ended.wait()
+    async def fail_when_stopped(self, exc: BaseException) -> Event:
+        await self.stopped.wait()
         raise exc
 
 
 def _start_emit(
-    call: _Call[Event], body: _Body, stream: str, data: Any, session_key: str | None
+    call: Call[Event], body: _Body, stream: str, data: Any, session_key: str | None
 ) -> None:
     try:
         call.succeed(body.trio_run.emit_nowait(stream, data, session_key=session_key))
     except trio.WouldBlock:  # the router is full: wait for room in a task
         body.bridge.spawn(call, body.emit, stream, data, session_key)
     except UnknownRun as exc:
-        if body.ended.is_set():
+        if body.stopped.is_set():
             raise
         # The run is being stopped and its asyncio task is about to be cancelled: as in trio,
         # where emitting from an aborted body raises Cancelled, the caller sees its
         # cancellation (CancelledError), or this error if it was some other task.
-        body.bridge.spawn(call, body.fail_when_ended, exc)
+        body.bridge.spawn(call, body.fail_when_stopped, exc)
 
 
 def _abort_orphan(handle: TrioRunHandle) -> None:
@@ -461,7 +222,9 @@ class Run:
 
         As trio's ``emit``: always a cancellation point (a pending cancellation is raised
         here rather than publish), a schedule point only when it waits. If the run is aborted
-        meanwhile, the body's task is cancelled (``CancelledError``).
+        meanwhile, the body's task is cancelled (``CancelledError``); an emit from the body's
+        cleanup after that raises ``CancelledError`` too, one from any other task
+        :exc:`UnknownRun`.
         """
         task = asyncio.current_task()
         if task is not None and task.cancelling():
@@ -471,7 +234,9 @@ class Run:
         except trio.WouldBlock:
             pass  # the router is full: wait for room in trio
         except UnknownRun:
-            if self._body.ended.is_set():
+            if self._body.stopped.is_set():
+                if task is self._body.task:  # in its cleanup, after the bus cancelled it
+                    raise asyncio.CancelledError from None  # as trio's Cancelled would be
                 raise
             # Being stopped: in trio, the body's task is cancelled before this call returns.
         event: Event = await self._body.bridge.call(
@@ -493,7 +258,7 @@ class Run:
 class RunHandle:
     """The starter's side of one body phase (see :class:`pipeline.RunHandle`)."""
 
-    _bridge: _Bridge
+    _bridge: Bridge
     _handle: TrioRunHandle
 
     @property
@@ -528,7 +293,7 @@ class Bus:
     """The agent event bus, for asyncio code (see :class:`pipeline.Bus`). Open one with
     :func:`open_bus`; use it from the loop's thread only."""
 
-    _bridge: _Bridge
+    _bridge: Bridge
 
     @property
     def config(self) -> BusConfig:
@@ -588,7 +353,7 @@ class Bus:
         """
         bridge = self._bridge
         if bridge.finished:
-            raise _closed()
+            raise bus_closed()
         trio_cm = bridge.bus.subscribe(
             run_id=run_id,
             session_key=session_key,
@@ -604,12 +369,15 @@ class Bus:
         self, trio_cm: AbstractAsyncContextManager[TrioSubscription], capacity: int
     ) -> AsyncIterator[Subscription]:
         bridge = self._bridge
-        feed: _Feed = await bridge.run(bridge.open_feed, trio_cm, capacity, undo=_release)
+        feed: Feed = await bridge.run(bridge.open_feed, trio_cm, capacity, undo=_release)
         try:
             yield Subscription(bridge, feed)
         finally:
+            # Let go before the hop: if this task is cancelled before the hop reaches trio,
+            # its starter never runs, and the trio subscription must not stay open.
+            bridge.soon_quietly(_release, feed)
             with suppress(BusClosed):  # the bus closed first, and the trio subscription with it
-                await bridge.call(_start_release, bridge, feed)
+                await bridge.call(_start_wait_gone, bridge, feed)
 
     def statistics(self) -> BusStatistics:
         """A snapshot of the bus's counters; once closed, the last one."""
@@ -617,113 +385,8 @@ class Bus:
         if not bridge.finished:
             return bridge.bus.statistics()
         if bridge.final_statistics is None:  # the guest run crashed
-            raise _closed()
+            raise bus_closed()
         return bridge.final_statistics
-
-
-# ---- the guest run ---------------------------------------------------------------------------
-
-
-@final
-@attrs.define(eq=False)
-class _Guest:
-    """The trio guest run on an asyncio loop: start it, close it, wait for it to finish."""
-
-    loop: asyncio.AbstractEventLoop
-    #: The asyncio task that opened the bus: cancelled if the guest run ends on its own.
-    owner: asyncio.Task[Any] | None
-    ready: asyncio.Future[_Bridge]
-    done: asyncio.Future[None]
-    token: trio.lowlevel.TrioToken = attrs.field(init=False)
-    bridge: _Bridge | None = None
-    close_requested: trio.Event = attrs.field(factory=trio.Event)
-    closing: bool = False
-    owner_cancelled: bool = False
-    error: BaseException | None = None
-
-    @classmethod
-    def start(cls, config: BusConfig) -> _Guest:
-        loop = asyncio.get_running_loop()
-        guest = cls(loop, asyncio.current_task(), loop.create_future(), loop.create_future())
-        if trio.lowlevel.in_trio_run():
-            raise RuntimeError(
-                "pipeline.aio.open_bus needs a thread with no trio run: trio allows one run, "
-                "guest or not, per thread"
-            )
-        trio.lowlevel.start_guest_run(
-            guest._serve,
-            config,
-            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
-            run_sync_soon_not_threadsafe=loop.call_soon,
-            done_callback=guest._trio_done,
-            # Leave the signal wakeup fd to the host: asyncio's add_signal_handler relies on it,
-            # and trio would put back the old one when it ends, under asyncio's feet.
-            host_uses_signal_set_wakeup_fd=True,
-        )
-        guest.token = trio.lowlevel.current_trio_token()
-        return guest
-
-    async def _serve(self, config: BusConfig) -> None:
-        """The guest run's main task."""
-        async with open_trio_bus(config) as bus:
-            async with trio.open_nursery() as nursery:
-                bridge = _Bridge(self.loop, self.token, bus, nursery)
-                self.bridge = bridge
-                if not self.ready.done():
-                    self.ready.set_result(bridge)
-                await self.close_requested.wait()
-                await bus.aclose()
-                await bridge.end_feeds()
-                nursery.cancel_scope.cancel()
-            bridge.final_statistics = bus.statistics()
-
-    def _trio_done(self, outcome: _Outcome) -> None:
-        """Called by trio, in asyncio, once the guest run has finished."""
-        try:
-            outcome.unwrap()
-        except BaseException as exc:  # kept, and raised in asyncio by finish()
-            self.error = _leaf(exc)
-        if self.bridge is not None:
-            self.bridge.finish()
-        self.done.set_result(None)
-        if not self.closing and self.owner is not None and not self.owner.done():
-            self.owner.cancel()
-            self.owner_cancelled = True
-
-    async def wait_ready(self) -> _Bridge | None:
-        """The bridge once the bus is open; ``None`` if the guest run ended first."""
-        await asyncio.wait((self.ready, self.done), return_when=asyncio.FIRST_COMPLETED)
-        return self.ready.result() if self.ready.done() else None
-
-    async def finish(self) -> None:
-        """Close the bus and wait until the guest run has finished, even if cancelled meanwhile
-        (closing is bounded by ``shutdown_timeout``). Raises the guest run's error, if any."""
-        if not self.closing:
-            self.closing = True
-            with suppress(trio.RunFinishedError):
-                self.token.run_sync_soon(self.close_requested.set)
-        cancelled: asyncio.CancelledError | None = None
-        while not self.done.done():
-            try:
-                await asyncio.shield(self.done)
-            except asyncio.CancelledError as exc:
-                cancelled = exc
-        if self.owner_cancelled and self.owner is not None:
-            self.owner_cancelled = False
-            self.owner.uncancel()
-            if self.error is None:
-                self.error = BusClosed("the bus's trio run ended unexpectedly")
-        if self.error is not None:
-            raise self.error
-        if cancelled is not None:
-            raise cancelled
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-exception groups (trio's strict nurseries)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 @asynccontextmanager
@@ -738,7 +401,7 @@ async def open_bus(config: BusConfig | None = None) -> AsyncIterator[Bus]:
         config = BusConfig()
     if not isinstance(config, BusConfig):
         raise TypeError(f"config must be a BusConfig, not {config!r}")
-    guest = _Guest.start(config)
+    guest = Guest.start(config)
     try:
         bridge = await guest.wait_ready()
         if bridge is not None:  # else the guest run ended first: finish() raises its error

@@ -191,6 +191,72 @@ class TestRuns:
         assert seen in ([], ["CancelledError"])  # cancelled at go.wait() or at the emit
         assert "assistant" not in [e.stream for e in events]
 
+    def test_an_emit_in_the_cleanup_of_an_aborted_body_raises_cancelled_error_at_once(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        seen: list[str] = []
+
+        async def main() -> pl.RunOutcome:
+            started = asyncio.Event()
+
+            async def body(run: aio.Run) -> None:
+                try:
+                    started.set()
+                    await asyncio.Event().wait()
+                finally:
+                    try:
+                        await run.emit("assistant", {"delta": "cleaning up"})
+                    except BaseException as exc:
+                        seen.append(type(exc).__name__)
+                        raise
+
+            # Waiting for the body until shutdown_timeout would outlast run_asyncio's timeout.
+            async with aio.open_bus(pl.BusConfig(shutdown_timeout=20)) as bus:
+                handle = await bus.start_run(body)
+                await started.wait()
+                assert handle.abort()
+                return await handle.wait()
+
+        outcome = run_asyncio(main)
+        assert seen == ["CancelledError"]
+        assert outcome.status == "aborted"
+        assert "ignored its cancellation" not in caplog.text
+
+    def test_an_emit_in_the_cleanup_of_an_aborted_body_s_child_task_raises_unknown_run(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        seen: list[str] = []
+
+        async def main() -> pl.RunOutcome:
+            started = asyncio.Event()
+
+            async def child(run: aio.Run) -> None:
+                try:
+                    started.set()
+                    await asyncio.Event().wait()
+                finally:
+                    try:
+                        await run.emit("assistant", {"delta": "cleaning up"})
+                    except BaseException as exc:
+                        seen.append(type(exc).__name__)
+                        raise
+
+            async def body(run: aio.Run) -> None:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(child(run))
+
+            # Waiting for the body until shutdown_timeout would outlast run_asyncio's timeout.
+            async with aio.open_bus(pl.BusConfig(shutdown_timeout=20)) as bus:
+                handle = await bus.start_run(body)
+                await started.wait()
+                assert handle.abort()
+                return await handle.wait()
+
+        outcome = run_asyncio(main)
+        assert seen == ["UnknownRun"]
+        assert outcome.status == "aborted"
+        assert "ignored its cancellation" not in caplog.text
+
     def test_an_asyncio_body_cancelled_by_asyncio_code_ends_its_run_as_aborted(self) -> None:
         async def body(run: aio.Run) -> None:
             task = asyncio.current_task()
@@ -419,6 +485,23 @@ class TestCancelledCallers:
                 subscribing.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await subscribing
+                # Poll until trio has let it go: no event says so (run_asyncio bounds this).
+                while bus.statistics().subscribers:  # noqa: ASYNC110
+                    await asyncio.sleep(0)
+
+        run_asyncio(main)
+
+    def test_a_subscription_left_as_its_task_is_cancelled_leaves_no_subscriber(self) -> None:
+        async def leave_cancelled(bus: aio.Bus) -> None:
+            async with bus.subscribe():
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()  # delivered on the way out, before trio has let the subscription go
+
+        async def main() -> None:
+            async with aio.open_bus() as bus:
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.create_task(leave_cancelled(bus))
                 # Poll until trio has let it go: no event says so (run_asyncio bounds this).
                 while bus.statistics().subscribers:  # noqa: ASYNC110
                     await asyncio.sleep(0)
