@@ -64,23 +64,21 @@ class Supervisor:
         """
         return await self._nursery.start(self._guard_started, fn, args, name, name=name)
 
-    async def start_self_guarded(
+    def start_soon_self_guarded(
         self, fn: Callable[..., Awaitable[object]], *args: Any, name: str
-    ) -> Any:
-        """Like :meth:`start`, for a child that is its own guard: no guard coroutine wraps it.
+    ) -> None:
+        """Like :meth:`start_soon`, for a child that is its own guard: no guard coroutine wraps
+        it.
 
         For children that live long and in great numbers (a bus's runs): the guard coroutine
-        :meth:`start` adds costs about 0.4 KB per live child.
-
-        ``fn(*args, task_status=...)`` must call :meth:`child_started` first and
-        :meth:`child_ended` in a ``finally``, and after ``started()`` catch every ``Exception``
-        and pass it to :meth:`child_failed` instead of raising it. One raised before
-        ``started()`` propagates from here, as with :meth:`start`.
+        :meth:`start_soon` adds costs about 0.4 KB per live child. ``fn(*args)`` must call
+        :meth:`child_started` first and :meth:`child_ended` in a ``finally``, and catch every
+        ``Exception`` and pass it to :meth:`child_failed` instead of raising it.
         """
-        return await self._nursery.start(fn, *args, name=name)
+        self._nursery.start_soon(fn, *args, name=name)
 
     def child_started(self) -> None:
-        """Count a self-guarded child (see :meth:`start_self_guarded`) as started and running."""
+        """Count a self-guarded child (:meth:`start_soon_self_guarded`) as started, running."""
         self._started += 1
         self._running += 1
 

@@ -63,7 +63,7 @@ class BusStatistics:
     failures: int
 
 
-#: The task name of every run started by ``start_run``.
+#: The task name of runs started by ``start_run`` (followed by the run id).
 _RUN_TASK_NAME = "pipeline.run"
 
 
@@ -125,14 +125,12 @@ class Bus:
             raise TypeError(f"body must be an async callable, not {body!r}")
         run_id = _run_id(run_id)
         context = _context(context)
-        self._core.check_open()
         phase = BodyPhase(self._core, run_id, context, reraise=False)
-        handle: RunHandle = await self._core.supervisor.start_self_guarded(
-            # One shared task name: a per-run f-string would cost every live run ~80 bytes.
-            _serve_body,
-            phase,
-            body,
-            name=_RUN_TASK_NAME,
+        handle = await phase.claim()
+        # The start event is out; the body runs in a task of the bus's own, named after the
+        # run so that tools and tracebacks show which run a task serves.
+        self._core.supervisor.start_soon_self_guarded(
+            _serve_body, phase, body, name=f"{_RUN_TASK_NAME} {run_id}"
         )
         return handle
 
@@ -367,35 +365,24 @@ def _new_core(config: BusConfig, supervisor: Supervisor) -> BusCore:
     return BusCore(config, router, supervisor)
 
 
-async def _serve_body(
-    phase: BodyPhase, body: RunBody, *, task_status: trio.TaskStatus[RunHandle]
-) -> None:
+async def _serve_body(phase: BodyPhase, body: RunBody) -> None:
     """The root coroutine of a ``start_run`` task, and its own supervisor guard.
 
-    Every live run keeps this frame (twice: trio also makes its frame object), so it has as
-    few locals as it can, no guard coroutine around it (see Supervisor.start_self_guarded), and
-    calls the phase's ``__aenter__``/``__aexit__`` itself rather than through ``async with``,
-    which would keep a bound method on the frame's stack.
+    Every live run keeps this frame, so it has few locals, no guard coroutine around it (see
+    Supervisor.start_soon_self_guarded), and calls the phase's ``__aexit__`` itself rather than
+    through ``async with``, which would keep a bound method on the frame's stack.
     """
-    phase.core.supervisor.child_started()
-    try:
-        run = await phase.__aenter__()
-    except BaseException:
-        phase.core.supervisor.child_ended()
-        raise  # before started(): start_run's caller gets it
+    supervisor = phase.core.supervisor
+    supervisor.child_started()
     try:
         try:
-            task_status.started(phase.handle)
-            # Hold no reference to trio's task status once started: it would keep trio's
-            # temporary start scope alive (about 1 KB) for the run's whole life.
-            del task_status
-            await body(run)
+            await body(phase.enter())
         except BaseException as exc:
             if not await phase.__aexit__(type(exc), exc, exc.__traceback__):
                 raise
         else:
             await phase.__aexit__(None, None, None)
     except Exception:
-        phase.core.supervisor.child_failed(_RUN_TASK_NAME)
+        supervisor.child_failed(_RUN_TASK_NAME)
     finally:
-        phase.core.supervisor.child_ended()
+        supervisor.child_ended()

@@ -204,11 +204,23 @@ class BodyPhase:
             raise UnknownRun(f"run {self.run_id!r} has no running body")
 
     async def __aenter__(self) -> Run:
+        await self.claim()
+        return self.enter()
+
+    async def claim(self) -> RunHandle:
+        """Claim the run and publish its lifecycle start (in the caller's task).
+
+        Waits only while the router's inbox lacks room for the start event; always a
+        cancellation point.
+        """
         core = self.core
+        if cancel_requested_in(core.run, WRONG_THREAD):
+            await trio.lowlevel.checkpoint()
         core.check_open()
-        await core.wait_room(MAX_EVENTS_PER_EMIT)
-        # From here to the end of this method nothing awaits: the claim and the start event
-        # are one step, so the room waited for above is still there.
+        if core.router.free() < MAX_EVENTS_PER_EMIT:
+            await core.wait_room(MAX_EVENTS_PER_EMIT)
+        # From here on nothing awaits: the claim and the start event are one step, so the
+        # room checked above is still there.
         self.actor, _ = core.claim(self.run_id, self.context, Phase.RUNNING)
         try:
             self.actor.publish_start()
@@ -217,6 +229,13 @@ class BodyPhase:
             raise
         self.handle = RunHandle(self.run_id, self.actor, core.run)
         self._active = True
+        return self.handle
+
+    def enter(self) -> Run:
+        """Open the run's cancel scope in the task that runs the body (after :meth:`claim`).
+
+        A run aborted in between gets an already-cancelled scope.
+        """
         self._scope = self.actor.open_scope()
         self._scope.__enter__()
         return Run(self.actor, self)

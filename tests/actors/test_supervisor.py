@@ -212,40 +212,27 @@ class TestStart:
                     await supervisor.start(service, name="service")
 
 
-class TestStartSelfGuarded:
+class TestStartSoonSelfGuarded:
     """A self-guarded child does its guard's job through child_started/ended/failed."""
 
     @staticmethod
-    async def guarded(
-        supervisor: actors.Supervisor,
-        work: Callable[[], Awaitable[None]],
-        *,
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
+    async def guarded(supervisor: actors.Supervisor, work: Callable[[], Awaitable[None]]) -> None:
         supervisor.child_started()
         try:
-            task_status.started("up")
             await work()
         except Exception:
             supervisor.child_failed("guarded")
         finally:
             supervisor.child_ended()
 
-    async def test_start_self_guarded_returns_the_value_passed_to_started(self) -> None:
-        with trio.fail_after(5):
-            async with open_supervisor() as supervisor:
-                value = await supervisor.start_self_guarded(
-                    self.guarded, supervisor, trio.lowlevel.checkpoint, name="guarded"
-                )
-        assert value == "up"
-
     async def test_a_self_guarded_child_is_counted_as_running_until_it_ends(self) -> None:
         release = trio.Event()
         with trio.fail_after(5):
             async with open_supervisor() as supervisor:
-                await supervisor.start_self_guarded(
+                supervisor.start_soon_self_guarded(
                     self.guarded, supervisor, release.wait, name="guarded"
                 )
+                await trio.testing.wait_all_tasks_blocked()
                 during = supervisor.statistics()
                 release.set()
         assert (during, supervisor.statistics()) == (
@@ -261,23 +248,12 @@ class TestStartSelfGuarded:
 
         with trio.fail_after(5):
             async with open_supervisor() as supervisor:
-                await supervisor.start_self_guarded(
-                    self.guarded, supervisor, broken, name="guarded"
-                )
+                supervisor.start_soon_self_guarded(self.guarded, supervisor, broken, name="guarded")
         [record] = failures(caplog)
         assert record.exc_info is not None
         assert isinstance(record.exc_info[1], Boom)
         assert "'guarded'" in record.getMessage()
         assert supervisor.statistics() == SupervisorStatistics(started=1, running=0, failed=1)
-
-    async def test_an_exception_before_started_propagates_from_start_self_guarded(
-        self, caplog: pytest.LogCaptureFixture
-    ) -> None:
-        with trio.fail_after(5):
-            async with open_supervisor() as supervisor:
-                with pytest.raises(Boom, match="not ready"):
-                    await supervisor.start_self_guarded(not_ready, name="service")
-        assert (failures(caplog), supervisor.statistics().failed) == ([], 0)
 
 
 class TestShutdown:
