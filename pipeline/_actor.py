@@ -103,9 +103,9 @@ class RunActor:
     _wakeup: trio.Event | None = None
     _refreshed_at: float = -math.inf
     #: Ingest's dedupe of annotations (chat and seq-gap events, which carry their cause's
-    #: seq): the newest annotation seq seen, and the kinds seen at it.
-    _noted_seq: int = 0
-    _noted_kinds: tuple[str, ...] = ()
+    #: seq): the newest annotation seq seen, then the kinds seen at it. One slot, made only
+    #: by ingest: a local run never pays for it.
+    _noted: tuple[int, tuple[str, ...]] = (0, ())
 
     # ---- scope, idle deadline, abort ---------------------------------------------------------
 
@@ -355,13 +355,13 @@ class RunActor:
 
     def _note(self, seq: int, kind: str) -> bool:
         """Record annotation ``(seq, kind)``; False if it was seen already (or is older)."""
-        if seq > self._noted_seq:
-            self._noted_seq = seq
-            self._noted_kinds = (kind,)
+        noted_seq, kinds = self._noted
+        if seq > noted_seq:
+            self._noted = (seq, (kind,))
             return True
-        if seq < self._noted_seq or kind in self._noted_kinds:
+        if seq < noted_seq or kind in kinds:
             return False
-        self._noted_kinds += (kind,)
+        self._noted = (seq, (*kinds, kind))
         return True
 
     # ---- the end -----------------------------------------------------------------------------

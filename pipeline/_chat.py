@@ -36,7 +36,7 @@ def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-@attrs.define
+@attrs.define(weakref_slot=False)
 class _Buffer:
     """One merged text of a run (its assistant text or its thinking), kept in segments.
 
@@ -112,7 +112,7 @@ class _Buffer:
         return self._segment
 
 
-@attrs.define(on_setattr=attrs.setters.NO_OP)
+@attrs.define(on_setattr=attrs.setters.NO_OP, weakref_slot=False)
 class ChatProjection:
     """Merged chat state of one run, and the chat payloads its events call for.
 
