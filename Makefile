@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench soak clean
+.PHONY: demo test lint bench bench-quick soak clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,12 +31,18 @@ lint: $(VENV)/.test
 test: lint
 	$(PY) -m pytest
 
+# The full suite, every figure of docs/benchmarks.md (about 10 minutes plus the soaks).
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks
 
-# The full memory soak: a million runs (python -m pipeline soak defaults to 100,000).
+# Every section on a smaller workload, in a few minutes (JSON in benchmarks/results/quick-*).
+bench-quick: $(VENV)/.bench
+	$(PY) -m benchmarks --quick
+
+# The full memory soak of the bus: a million runs (python -m benchmarks.soak_run defaults to
+# 100,000; add --leaky for the leaking model).
 soak: $(VENV)/.base
-	$(PY) -m pipeline soak --runs 1000000 --no-tracemalloc
+	$(PY) -m benchmarks.soak_run --runs 1000000 --no-tracemalloc
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

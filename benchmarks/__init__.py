@@ -1,7 +1,9 @@
-"""The benchmark suite: ``python -m benchmarks`` (or ``make bench``) runs all of it.
+"""The benchmark suite: ``python -m benchmarks`` (``make bench``) runs all of it.
 
-The in-process measurements live in :mod:`pipeline._bench` and :mod:`pipeline._soak` (so that
-``python -m pipeline bench`` and ``python -m pipeline soak`` ship with the package); this
-package adds the asyncio peers (each in its own process), more rounds, the full memory soak
-against the leaking model, the plot and the JSON results in ``benchmarks/results/``.
+Every benchmark uses the public API only (``pipeline``, ``actors``) and checks that each
+subscriber received exactly what it should before it reports a figure. One module per
+section, each runnable alone (``python -m benchmarks.fanout``, ``.scaling``, ``.idle_cost``,
+``.abort_latency``, ``.stalled``, ``.portal``, ``.soak``, ``.plot_memory``); the memory soak of
+one design is ``python -m benchmarks.soak_run`` (``make soak``). The workloads shared by
+sections live in ``_workloads`` (fan-out) and ``_soak_plan`` / ``_leaky_model`` (the soak).
 """

@@ -1,4 +1,4 @@
-"""Shared helpers: the results directory, JSON output, peer subprocesses, the machine."""
+"""Shared helpers: the results table, JSON output, peer subprocesses, RSS, the machine."""
 
 from __future__ import annotations
 
@@ -8,11 +8,44 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+
+#: One line of a results table: what, the figure, a note (target, verdict, detail).
+Row = tuple[str, str, str]
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """Three left/right/left aligned columns: what, figure, note. A row with neither figure
+    nor note is a heading."""
+    lines = [r for r in rows if r[1] or r[2]] or [("", "", "")]
+    width0 = max(len(r[0]) for r in lines)
+    width1 = max(len(r[1]) for r in lines)
+    out = []
+    for what, figure, note in rows:
+        if not figure and not note:
+            out.append(what)
+        else:
+            out.append(f"{what:<{width0}}  {figure:>{width1}}  {note}".rstrip())
+    return "\n".join(out)
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, from ``/proc/self/statm`` (0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            resident = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return resident * os.sysconf("SC_PAGE_SIZE")
 
 
 def say(line: str) -> None:
@@ -57,9 +90,11 @@ def print_peer_result(name: str, package: str, args: Any, rates: list[float]) ->
     print(json.dumps(result))
 
 
-def write_json(name: str, data: Any) -> Path:
+def write_json(name: str, data: Any, *, quick: bool = False) -> Path:
+    """Save ``data`` as ``benchmarks/results/NAME.json`` (``quick-NAME.json`` for a quick run,
+    so that a quick run never overwrites the full suite's figures)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = RESULTS / f"{'quick-' if quick else ''}{name}.json"
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
     return path
 

@@ -1,7 +1,7 @@
 """Plot retained memory against completed runs, for the bus and for the leaking model.
 
 ``python -m benchmarks.plot_memory`` reads ``benchmarks/results/soak-bus.json`` and
-``soak-leaky.json`` (written by ``python -m pipeline soak --json ...``, or by
+``soak-leaky.json`` (written by ``python -m benchmarks.soak_run --json ...``, or by
 ``python -m benchmarks.soak``) and writes ``docs/benchmarks-memory.png``.
 """
 
@@ -40,7 +40,7 @@ def plot(bus: dict[str, Any], leaky: dict[str, Any] | None, output: Path = OUTPU
             axis.set_ylabel(f"retained since run 1,000 ({unit})")
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":", label="SPEC target: 1 MiB")
     zoom.axhline(1024.0, color="grey", linewidth=0.8, linestyle=":", label="SPEC target: 1 MiB")
-    ax.set_title("Retained memory after gc.collect() (python -m pipeline soak)")
+    ax.set_title("Retained memory after gc.collect() (python -m benchmarks.soak_run)")
     zoom.set_title("This bus alone, in KiB")
     for axis in (ax, zoom):
         axis.set_xlabel("completed runs")

@@ -9,6 +9,7 @@ bus.emit`` from a trio task on the same bus, so the figure shows what one thread
 
 from __future__ import annotations
 
+import argparse
 import sys
 import threading
 import time
@@ -18,9 +19,8 @@ from typing import Any
 import trio
 
 import pipeline as pl
-from pipeline._bench import format_table
 
-from ._util import say, write_json
+from ._util import Row, format_table, say, write_json
 
 EMITS = 20_000
 DELTA = {"delta": "x"}
@@ -86,7 +86,7 @@ def measure(emits: int = EMITS) -> dict[str, Any]:
     return {emitter: trio.run(_rate, emitter, emits) for emitter in ("trio", "worker", "thread")}
 
 
-def rows(measured: dict[str, Any]) -> list[tuple[str, str, str]]:
+def rows(measured: dict[str, Any]) -> list[Row]:
     trio_rate = measured["trio"]
     return [
         ("Emits from other threads (bus.portal())", "", ""),
@@ -104,8 +104,11 @@ def rows(measured: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
-def main() -> int:
-    measured = measure()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--emits", type=int, default=EMITS)
+    args = parser.parse_args(argv)
+    measured = measure(args.emits)
     write_json("portal", measured)
     print(format_table(rows(measured)))
     return 0

@@ -1,9 +1,9 @@
-"""Memory soak: ``python -m pipeline soak`` for the bus and for the leaking model.
+"""Memory soak: ``python -m benchmarks.soak_run`` for the bus and for the leaking model.
 
 ``python -m benchmarks.soak [--runs N] [--no-tracemalloc]``. Each design runs in a fresh
 process (so nothing else this suite did is in its memory) and saves its samples to
-``benchmarks/results/soak-bus.json`` and ``soak-leaky.json``, which
-``python -m benchmarks.plot_memory`` draws. See :mod:`pipeline._soak`.
+``benchmarks/results/soak-bus.json`` and ``soak-leaky.json`` (``quick-soak-*.json`` for a
+quick run), which ``python -m benchmarks.plot_memory`` draws. See :mod:`benchmarks.soak_run`.
 """
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ import sys
 import time
 from typing import Any
 
-from pipeline._bench import format_table
-
-from ._util import RESULTS, ROOT, say
+from ._util import RESULTS, ROOT, Row, format_table, say, verdict
 
 MIB = 1 << 20
 
 
-def measure(runs: int = 1_000_000, tracemalloc: bool = True) -> dict[str, Any]:
+def measure(
+    runs: int = 1_000_000, tracemalloc: bool = True, *, quick: bool = False
+) -> dict[str, Any]:
     measured: dict[str, Any] = {}
     for design in ("bus", "leaky"):
-        path = RESULTS / f"soak-{design}.json"
-        command = [sys.executable, "-m", "pipeline", "soak", "--runs", str(runs)]
+        path = RESULTS / f"{'quick-' if quick else ''}soak-{design}.json"
+        command = [sys.executable, "-m", "benchmarks.soak_run", "--runs", str(runs)]
         command += ["--json", str(path)]
         if design == "leaky":
             command.append("--leaky")
@@ -34,7 +34,8 @@ def measure(runs: int = 1_000_000, tracemalloc: bool = True) -> dict[str, Any]:
             command.append("--no-tracemalloc")
         say("$ " + " ".join(["python", *command[1:]]))
         began = time.perf_counter()
-        done = subprocess.run(command, cwd=ROOT, check=False)
+        # The child's report is progress here: this suite prints its own table at the end.
+        done = subprocess.run(command, cwd=ROOT, stdout=sys.stderr, check=False)
         if done.returncode != 0 or not path.exists():
             measured[design] = {"error": f"exit status {done.returncode}"}
             continue
@@ -49,8 +50,8 @@ def _sample(result: dict[str, Any], runs: int) -> dict[str, Any]:
     return sample
 
 
-def rows(measured: dict[str, Any]) -> list[tuple[str, str, str]]:
-    out: list[tuple[str, str, str]] = []
+def rows(measured: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
     for design, label in (("bus", "this bus"), ("leaky", "leaking model (seq dict)")):
         result = measured.get(design, {})
         if "error" in result or not result:
@@ -82,7 +83,7 @@ def rows(measured: dict[str, Any]) -> list[tuple[str, str, str]]:
             out.append(
                 (
                     "  SPEC 5 target: within 1 MiB",
-                    "met" if result["target_met"] else "NOT met",
+                    verdict(result["target_met"]),
                     "",
                 )
             )

@@ -1,4 +1,4 @@
-"""The trio-agent-bus command line: python -m pipeline demo | bench | soak.
+"""The trio-agent-bus command line: python -m pipeline demo.
 
 Run "python -m pipeline COMMAND --help" for what one command does and its
 options.
@@ -6,7 +6,8 @@ options.
 
 # Each subcommand lives in a module of its own, which adds its arguments and runs it. The
 # module's docstring is the command's --help description: plain text of paragraphs, each line
-# at most 79 columns, printed as written (RawDescriptionHelpFormatter).
+# at most 79 columns, printed as written (RawDescriptionHelpFormatter). Benchmarks and the
+# memory soak are not commands of the library: they live in benchmarks/ of the repository.
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ __all__ = ["main"]
 #: subcommand -> (module, help)
 _COMMANDS = {
     "demo": ("pipeline._demo", "run a simulated agent gateway workload and print a summary"),
-    "bench": ("pipeline._bench", "run the quick in-process benchmarks and print one table"),
-    "soak": ("pipeline._soak", "drive many complete runs and report retained memory"),
 }
 
 

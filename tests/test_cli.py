@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from pipeline import _soak
 from pipeline._cli import main
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_the_demo_ends_with_every_run_accounted_for_and_none_live() -> None:
@@ -39,18 +34,6 @@ def test_an_unknown_command_exits_with_usage() -> None:
     assert "usage" in result.stderr
 
 
-def test_the_soak_reports_flat_memory_for_the_bus() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "soak", "--runs", "2000", "--no-tracemalloc"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert "target (within 1 MiB, by RSS): met" in result.stdout
-    assert "'timeout': 0" in result.stdout
-
-
 def _help(command: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -58,7 +41,7 @@ def _help(command: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["bench"], ["soak"]], ids=repr)
+@pytest.mark.parametrize("command", [[], ["demo"]], ids=repr)
 def test_help_is_plain_text_without_markup_or_references_to_absent_documents(
     command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -68,17 +51,3 @@ def test_help_is_plain_text_without_markup_or_references_to_absent_documents(
     assert "``" not in help_text
     assert "SPEC" not in help_text
     assert max(len(line) for line in help_text.splitlines()) <= 80
-
-
-def test_the_soak_default_takes_minutes_and_its_help_says_how_to_run_a_million(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    parser = argparse.ArgumentParser()
-    _soak.add_arguments(parser)
-    assert parser.parse_args([]).runs == 100_000
-    help_text = " ".join(_help(["soak"], capsys).split())
-    assert "--runs 1000000" in help_text
-    assert "make soak" in help_text
-    makefile = (ROOT / "Makefile").read_text()
-    assert "\nsoak:" in makefile
-    assert "-m pipeline soak --runs 1000000" in makefile
