@@ -1,13 +1,14 @@
 """Fan-out, workload W: the bus against hand-written raw trio, and the asyncio peers.
 
-``python -m benchmarks.fanout [--rounds N] [--runs N] [--no-peers]``. For 8 and for 32
-subscribers, in one process, rounds alternate: the bus read per event, the raw-trio baseline,
-the bus read with ``sub.batches()`` (each in a fresh ``trio.run``). The raw baseline is one
-memory channel per subscriber with ``send_nowait`` / ``receive_nowait`` and the same items per
-run (see ``benchmarks._workloads.fanout_raw``); both bus variants are compared with it. A
-ratio is the median over rounds of (bus rate / raw rate of the same round). pyee and bubus
-each run in a process of their own (``benchmarks.peers_pyee``, ``benchmarks.peers_bubus``) on
-the 8-subscriber workload. Figures are deliveries per second (events read by subscribers).
+``python -m benchmarks.fanout [--rounds N] [--runs N] [--subscribers 8,32] [--no-peers]``.
+For 8 and for 32 subscribers, in one process, rounds alternate: the bus read per event, the
+raw-trio baseline, the bus read with ``sub.batches()`` (each in a fresh ``trio.run``). The raw
+baseline is one memory channel per subscriber with ``send_nowait`` / ``receive_nowait`` and
+the same items per run (see ``benchmarks._workloads.fanout_raw``); both bus variants are
+compared with it. A ratio is the median over rounds of (bus rate / raw rate of the same
+round). pyee and bubus each run in a process of their own (``benchmarks.peers_pyee``,
+``benchmarks.peers_bubus``) on the 8-subscriber workload. Figures are deliveries per second
+(events read by subscribers).
 """
 
 from __future__ import annotations
@@ -194,9 +195,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--runs", type=int, default=1_000)
     parser.add_argument("--slow-rounds", type=int, default=3)
+    parser.add_argument(
+        "--subscribers",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        default=SUBSCRIBERS,
+        help="comma-separated subscriber counts (default 8,32)",
+    )
     parser.add_argument("--no-peers", dest="peers", action="store_false")
     args = parser.parse_args(argv)
-    measured = measure(args.rounds, runs=args.runs, slow_rounds=args.slow_rounds, peers=args.peers)
+    measured = measure(
+        args.rounds,
+        runs=args.runs,
+        subscribers=args.subscribers,
+        slow_rounds=args.slow_rounds,
+        peers=args.peers,
+    )
     write_json("fanout", public(measured))
     print(format_table(rows(measured)))
     return 0
