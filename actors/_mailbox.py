@@ -326,6 +326,25 @@ class Mailbox(Generic[T]):
             await self._park_reader()
         return self.receive_all_nowait()
 
+    def is_drained(self) -> bool:
+        """Open, and nothing to read: no item queued and no drop left to report."""
+        return self._open and not self._queue and not self._unreported_drops
+
+    def preload(self, items: list[T]) -> None:
+        """Fill an empty mailbox with ``items`` (at most its capacity), as if each had been
+        sent: for a reader that moves here from a shared log with its unread items."""
+        if self._queue or len(items) > self.capacity:
+            raise ValueError("preload() fills an empty mailbox, within its capacity")
+        self._queue.extend(items)
+
+    async def wait_ready(self) -> None:
+        """Wait until a read would not block: an item or a drop marker is ready, or the mailbox
+        is closed. Always a cancellation point."""
+        if cancel_requested():
+            await trio.lowlevel.checkpoint()
+        while self._open and not self._queue and not self._unreported_drops:
+            await self._park_reader()
+
     def take_nowait(self, limit: int) -> list[T]:
         """Take up to ``limit`` queued items at once, for batch consumers.
 

@@ -24,12 +24,14 @@ that should not wait for the router task's turn in the scheduler (an abort's ter
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable, Hashable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 import trio
 
+from ._broadcast import Group, Member
 from ._mailbox import SLOW_CONSUMER, Mailbox, MailboxStatistics, Overflow
 
 __all__ = [
@@ -50,6 +52,10 @@ SUBSCRIBER_FAILED = "subscriber failed"
 #: ``closed_reason`` of every subscriber when the router task ended without :meth:`close`
 #: (it was cancelled, or failed with a bug, which is logged by its supervisor).
 ROUTER_STOPPED = "router stopped"
+#: The mailbox slot of a group's attachment, which items never reach (they go to its log).
+_GROUP_MAILBOX: Mailbox[Any] = Mailbox(1)
+_GROUP_MAILBOX.close()
+
 #: Reasons a subscriber was cut off rather than closed: counted as disconnects.
 _CUT_OFF = frozenset({SLOW_CONSUMER, SUBSCRIBER_FAILED})
 
@@ -90,6 +96,12 @@ class Subscriber(Generic[T]):
     starts_at: int = 0
     #: Where the router's index files it; ``None``: offered every item.
     index: IndexEntry | None = None
+    #: Set for a group's attachment: items go to the group's shared log, not to ``mailbox``.
+    group: Group[T] | None = None
+    #: Set for the own mailbox of a group member that spilled (its counters are the member's).
+    member: Member[T] | None = None
+    #: Order of joining: full ``BLOCK`` subscribers are waited for in this order.
+    number: int = 0
 
 
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
@@ -114,9 +126,14 @@ class Router(Generic[T]):
     _index: list[dict[Hashable, dict[Subscriber[T], None]]] = attrs.field(init=False, factory=list)
     #: Subscribers waiting for the router to reach the items published after they joined.
     _pending: list[Subscriber[T]] = attrs.field(init=False, factory=list)
-    _count: int = attrs.field(init=False, default=0)
     #: The ``BLOCK`` subscribers, the only ones that can make routing wait.
     _blocking: dict[Subscriber[T], None] = attrs.field(init=False, factory=dict)
+    #: Shared logs by group key (see :meth:`join`).
+    _groups: dict[Hashable, Group[T]] = attrs.field(init=False, factory=dict)
+    #: Every group member, attached or spilled.
+    _members: dict[Member[T], None] = attrs.field(init=False, factory=dict)
+    #: Subscribers and members that have joined so far (numbers them).
+    _joined: int = attrs.field(init=False, default=0)
     _published: int = attrs.field(init=False, default=0)
     _routed: int = attrs.field(init=False, default=0)
     _close_reason: str | None = attrs.field(init=False, default=None)
@@ -175,6 +192,9 @@ class Router(Generic[T]):
             short = mailbox.free() < queued and not mailbox.closed  # closed takes nothing
             if short and mailbox.overflow is Overflow.BLOCK:
                 return False
+        for group in self._groups.values():
+            if group.overflow is Overflow.BLOCK and group.room() < queued:
+                return False
         for item in inbox.take_nowait(queued):
             owed = self._offer(item)
             assert owed is None, "a BLOCK subscriber with room refused an item"
@@ -196,10 +216,11 @@ class Router(Generic[T]):
         """
         if self._close_reason is not None:
             raise trio.ClosedResourceError("router closed")
-        if index is not None and not 0 <= index[0] < self.key_dimensions:
-            raise ValueError(f"no index dimension {index[0]!r} in this router")
-        subscriber = Subscriber(mailbox, accepts, starts_at=self._published, index=index)
-        self._count += 1
+        self._check_index(index)
+        self._joined += 1
+        subscriber = Subscriber(
+            mailbox, accepts, starts_at=self._published, index=index, number=self._joined
+        )
         if mailbox.overflow is Overflow.BLOCK:
             self._blocking[subscriber] = None
         if self._published == self._routed:
@@ -232,24 +253,144 @@ class Router(Generic[T]):
 
     def unsubscribe(self, subscriber: Subscriber[T]) -> None:
         """Detach ``subscriber`` and close its mailbox; safe to call more than once. O(1)."""
-        if not self._unfile(subscriber):
-            if subscriber not in self._pending:
-                return
+        if not self._unfile(subscriber) and subscriber not in self._pending:
+            return
+        self.unsubscribe_filed(subscriber)
+
+    def unsubscribe_filed(self, subscriber: Subscriber[T]) -> None:
+        if subscriber in self._pending:
             self._pending.remove(subscriber)
-        self._count -= 1
         self._blocking.pop(subscriber, None)
         self._retire(subscriber)
 
     def subscribers(self) -> Iterator[Subscriber[T]]:
-        """Every attached subscriber (a snapshot, safe to change the router while iterating)."""
-        filed = [*self._everyone]
+        """Every attached mailbox subscriber (a snapshot, safe to change the router while
+        iterating); groups' attachments are not included."""
+        filed = [s for s in self._everyone if s.group is None]
         for buckets in self._index:
             for bucket in buckets.values():
-                filed.extend(bucket)
+                filed.extend(s for s in bucket if s.group is None)
         return iter([*filed, *self._pending])
+
+    # ---- groups: subscribers sharing one log -------------------------------------------------
+
+    def join(
+        self,
+        key: Hashable,
+        *,
+        capacity: int,
+        overflow: Overflow = Overflow.BLOCK,
+        block_timeout: float | None = None,
+        droppable: Callable[[T], bool] | None = None,
+        accepts: Callable[[T], bool] | None = None,
+        index: IndexEntry | None = None,
+    ) -> Member[T]:
+        """Attach a reader that shares a log with every other reader joined under ``key``.
+
+        Readers under one ``key`` must have the same filter (``accepts``, ``index``) and the
+        same mailbox settings; the first one's are kept. A :class:`~actors.Member` reads like
+        a mailbox of ``capacity`` with ``overflow`` and sees exactly what one would: the items
+        published from now on that match. See :mod:`actors._broadcast`.
+        """
+        if self._close_reason is not None:
+            raise trio.ClosedResourceError("router closed")
+        self._check_index(index)
+        group = self._groups.get(key)
+        if group is None:
+            droppable = droppable or _never_droppable
+            group = Group(key, capacity, overflow, block_timeout, droppable)
+        self._joined += 1
+        member: Member[T] = Member(group, self, number=self._joined)
+        self._members[member] = None
+        if self._published == self._routed:
+            if group.subscriber is None:
+                self._open_group(group, accepts, index)
+            group.attach(member)
+            return member
+        # Items published before this reader joined are still in the inbox: it must not see
+        # them, so it starts on a mailbox of its own and joins the log once that runs empty.
+        mailbox = member.own_mailbox()
+        member.subscriber = self.subscribe(mailbox, accepts, index=index)
+        member.subscriber.member = member
+        member.subscriber.number = member.number
+        return member
+
+    def _check_index(self, index: IndexEntry | None) -> None:
+        if index is not None and not 0 <= index[0] < self.key_dimensions:
+            raise ValueError(f"no index dimension {index[0]!r} in this router")
+
+    def _open_group(
+        self,
+        group: Group[T],
+        accepts: Callable[[T], bool] | None,
+        index: IndexEntry | None,
+    ) -> None:
+        group.subscriber = Subscriber(
+            _GROUP_MAILBOX, accepts, starts_at=self._published, index=index, group=group
+        )
+        self._groups[group.key] = group
+        self._file(group.subscriber)
+
+    def rejoin(self, member: Member[T]) -> bool:
+        """Move a reader whose own mailbox ran empty back onto its group's log.
+
+        Not while the router holds items for it (it waits on a full ``BLOCK`` subscriber), nor
+        while the reader is pending (items published before it joined are still queued).
+        """
+        subscriber = member.subscriber
+        mailbox = member.mailbox
+        if (
+            subscriber is None
+            or mailbox is None
+            or self._holding
+            or not mailbox.is_drained()
+            or subscriber in self._pending
+            or not self._unfile(subscriber)
+        ):
+            return False
+        self._blocking.pop(subscriber, None)
+        member.subscriber = None
+        old = member.group
+        group = self._groups.get(old.key)
+        if group is None:
+            group = Group(old.key, old.capacity, old.overflow, old.block_timeout, old.droppable)
+            self._open_group(group, subscriber.accepts, subscriber.index)
+        group.attach(member)
+        return True
+
+    def leave(self, member: Member[T]) -> None:
+        """Detach a reader from its group (or its own mailbox); safe to call more than once."""
+        stats = member.statistics()
+        if member.attached:
+            group = member.group
+            group.detach(member)
+            if not group.members:
+                self._close_group(group)
+        subscriber = member.subscriber
+        member.subscriber = None
+        if subscriber is not None and (self._unfile(subscriber) or subscriber in self._pending):
+            self.unsubscribe_filed(subscriber)
+        if self._members.pop(member, False) is None:
+            self._past_deliveries += stats.received
+            self._past_drops += stats.dropped
+            self._disconnects += stats.closed_reason in _CUT_OFF
+            if member.mailbox is not None:
+                member.mailbox.close()
+
+    def _close_group(self, group: Group[T]) -> None:
+        """Forget a group nobody reads any more (its members left or spilled)."""
+        if self._groups.get(group.key) is group:
+            del self._groups[group.key]
+            assert group.subscriber is not None
+            self._unfile(group.subscriber)
 
     def _retire(self, subscriber: Subscriber[T]) -> None:
         mailbox = subscriber.mailbox
+        if subscriber.member is not None:
+            subscriber.member.subscriber = None  # its mailbox counts and closes at leave()
+            return
+        if subscriber.group is not None:
+            return
         if mailbox.closed_reason in _CUT_OFF:
             self._disconnects += 1
         mailbox.close()
@@ -321,11 +462,23 @@ class Router(Generic[T]):
         owed: list[Subscriber[T]] | None,
     ) -> list[Subscriber[T]] | None:
         gone: list[Subscriber[T]] | None = None
+        spilled: list[Subscriber[T]] | None = None
+        emptied: list[Group[T]] | None = None
         for subscriber in subscribers:
             accepts = subscriber.accepts
             mailbox = subscriber.mailbox
             try:
                 if accepts is not None and not accepts(item):
+                    continue
+                group = subscriber.group
+                if group is not None:
+                    members = group.append(item)
+                    if members is not None:
+                        if spilled is None:
+                            spilled = []
+                        spilled += [self._spilled(member, subscriber) for member in members]
+                        if not group.members:
+                            emptied = [*(emptied or ()), group]
                     continue
                 # Mailbox.send_nowait, inlined for the common case: open, with room.
                 queue = mailbox._queue
@@ -348,15 +501,53 @@ class Router(Generic[T]):
         if gone is not None:  # not while iterating: the dict would change size
             for subscriber in gone:
                 self._drop(subscriber)
+        if emptied is not None:
+            for group in emptied:
+                self._close_group(group)
+        if spilled is not None:
+            owed = self._adopt(spilled, item, owed)
         return owed
 
+    def _spilled(self, member: Member[T], group_subscriber: Subscriber[T]) -> Subscriber[T]:
+        """The router attachment of a member that left its log for its own mailbox."""
+        assert member.mailbox is not None
+        subscriber = Subscriber(
+            member.mailbox,
+            group_subscriber.accepts,
+            starts_at=self._routed,
+            index=group_subscriber.index,
+            number=member.number,
+        )
+        member.subscriber = subscriber
+        subscriber.member = member
+        return subscriber
+
+    def _adopt(
+        self, spilled: list[Subscriber[T]], item: T, owed: list[Subscriber[T]] | None
+    ) -> list[Subscriber[T]] | None:
+        """File spilled members as plain subscribers, and give them the item that spilled
+        them (through their overflow policy: their mailboxes are full)."""
+        for subscriber in spilled:
+            if subscriber.mailbox.overflow is Overflow.BLOCK:
+                self._blocking[subscriber] = None
+            self._file(subscriber)
+        return self._offer_to(dict.fromkeys(spilled), item, owed)
+
     def _drop(self, subscriber: Subscriber[T]) -> None:
+        group = subscriber.group
+        if group is not None:  # its filter failed: every member is cut off
+            group.close(SUBSCRIBER_FAILED)
+            self._close_group(group)
+            return
         if not subscriber.mailbox.closed:
             subscriber.mailbox.disconnect(SUBSCRIBER_FAILED)
         self.unsubscribe(subscriber)
 
     async def _deliver_waiting(self, item: T, owed: list[Subscriber[T]]) -> None:
-        """Wait for room at each full ``BLOCK`` subscriber, up to its ``block_timeout``."""
+        """Wait for room at each full ``BLOCK`` subscriber, up to its ``block_timeout``, in
+        the order they subscribed."""
+        if len(owed) > 1:
+            owed.sort(key=_JOINING_ORDER)
         for subscriber in owed:
             try:
                 await subscriber.mailbox.send(item)
@@ -372,7 +563,7 @@ class Router(Generic[T]):
     def _log_failure(self, subscriber: Subscriber[T]) -> None:
         # A subscriber's own filter or policy hook is broken: it alone pays.
         _log.exception("router: subscriber failed on an item; it is disconnected")
-        if not subscriber.mailbox.closed:
+        if subscriber.group is None and not subscriber.mailbox.closed:
             subscriber.mailbox.disconnect(SUBSCRIBER_FAILED)
 
     def _activate_pending(self) -> None:
@@ -391,14 +582,28 @@ class Router(Generic[T]):
         """
         for subscriber in self.subscribers():
             subscriber.mailbox.close(reason)
+        for group in self._groups.values():
+            group.close(reason)
 
     def statistics(self) -> RouterStatistics:
-        live: list[MailboxStatistics] = [s.mailbox.statistics() for s in self.subscribers()]
+        live: list[MailboxStatistics] = [
+            s.mailbox.statistics() for s in self.subscribers() if s.member is None
+        ]
+        members = [member.statistics() for member in self._members]
         return RouterStatistics(
             published=self._published,
             queued=len(self._inbox),
-            deliveries=self._past_deliveries + sum(s.received for s in live),
-            drops=self._past_drops + sum(s.dropped for s in live),
-            disconnects=self._disconnects + sum(s.closed_reason in _CUT_OFF for s in live),
-            subscribers=len(live),
+            deliveries=self._past_deliveries + sum(s.received for s in (*live, *members)),
+            drops=self._past_drops + sum(s.dropped for s in (*live, *members)),
+            disconnects=self._disconnects
+            + sum(s.closed_reason in _CUT_OFF for s in (*live, *members)),
+            subscribers=len(live)
+            + sum(m.attached or m.subscriber is not None for m in self._members),
         )
+
+
+def _never_droppable(item: object) -> bool:
+    return False
+
+
+_JOINING_ORDER = operator.attrgetter("number")

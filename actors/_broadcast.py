@@ -1,0 +1,262 @@
+"""A shared broadcast log: subscribers that share a filter read one log, each at its own position.
+
+Fanning an item out to N mailboxes costs the router N appends. Subscribers with the same filter
+and the same mailbox settings (a *group*) can instead share one log: the router appends each
+item once, and each :class:`Member` reads it at its own position. The producer side then pays
+nothing per subscriber, and a reader can take everything it has not read in one slice.
+
+The log must still behave exactly like a mailbox per member, overflow policy included. A member
+may fall at most ``capacity`` items behind. When one more item arrives for a member that far
+behind, the member *spills*: its unread items are copied into a mailbox of its own (exactly
+full), it leaves the log, and from then on the router sends to that mailbox like to any other,
+so ``BLOCK``, ``DROP_*``, ``DISCONNECT``, drop markers and never-dropped items work as they
+always did. A spilled member whose mailbox runs empty rejoins the log at its end.
+
+The log keeps only what some attached member has not read: at most ``capacity + 1`` items.
+Finding the slowest member costs a scan of the members, done only when the log has grown
+``capacity`` past the last known slowest position, so fast readers cost one scan per
+``capacity`` items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import attrs
+import trio
+
+from ._cancel import cancel_requested
+from ._mailbox import Dropped, Mailbox, MailboxStatistics, Overflow
+
+if TYPE_CHECKING:
+    from ._router import Router, Subscriber
+
+__all__ = ["Group", "Member"]
+
+T = TypeVar("T")
+
+
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP, weakref_slot=False)
+class Group(Generic[T]):
+    """One shared log and the members reading it. Made and owned by a :class:`Router`."""
+
+    #: What members with the same filter and mailbox settings share (the router's group key).
+    key: Hashable
+    #: The members' mailbox settings: how far behind a member may fall, and what its own
+    #: mailbox does once it has spilled.
+    capacity: int
+    overflow: Overflow
+    block_timeout: float | None
+    droppable: Callable[[T], bool]
+    #: The router attachment that appends to this log.
+    subscriber: Subscriber[T] | None = None
+    _items: list[T] = attrs.field(factory=list)
+    #: Absolute log positions: ``_items[0]`` is item ``_base``; the next item is ``end``.
+    _base: int = 0
+    end: int = 0
+    #: At most the position of the slowest attached member.
+    _low: int = 0
+    members: dict[Member[T], None] = attrs.field(factory=dict)
+    _readers: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
+    _waiting: int = 0
+    closed_reason: str | None = None
+    open: bool = True
+
+    def append(self, item: T) -> list[Member[T]] | None:
+        """Add ``item``; returns the members that were ``capacity`` behind and spilled.
+
+        The spilled members hold their unread items in their own mailboxes (full); the caller
+        still owes them ``item``.
+        """
+        end = self.end + 1
+        spilled = None
+        if end - self._low > self.capacity:
+            spilled = self._rebase(end)
+        self._items.append(item)
+        self.end = end
+        if self._waiting:
+            self._waiting -= len(self._readers.unpark_all())
+        return spilled
+
+    def _rebase(self, end: int) -> list[Member[T]] | None:
+        """Find the slowest member, spill those too far behind, forget what all have read."""
+        members = self.members
+        spilled = None
+        low = min((m.pos for m in members), default=self.end)
+        if end - low > self.capacity:
+            spilled = [m for m in members if end - m.pos > self.capacity]
+            for member in spilled:
+                self._spill(member)
+            low = min((m.pos for m in members), default=self.end)
+        if low > self._base:
+            del self._items[: low - self._base]
+            self._base = low
+        self._low = low
+        return spilled
+
+    def _spill(self, member: Member[T]) -> None:
+        del self.members[member]
+        mailbox = member.own_mailbox()
+        unread = self._items[member.pos - self._base :]
+        mailbox.preload(unread)
+        member.attached = False
+
+    def attach(self, member: Member[T]) -> None:
+        """(Re)start ``member`` on this log at its end."""
+        member.group = self
+        member.pos = self.end
+        member.attached = True
+        self.members[member] = None
+
+    def detach(self, member: Member[T]) -> None:
+        if self.members.pop(member, False) is None:
+            member.attached = False
+
+    def room(self) -> int:
+        """How many items fit before the slowest attached member spills."""
+        low = min((m.pos for m in self.members), default=self.end)
+        return self.capacity - (self.end - low)
+
+    def close(self, reason: str | None) -> None:
+        if self.open:
+            self.open = False
+            self.closed_reason = reason
+        self._waiting -= len(self._readers.unpark_all())
+
+    def item_at(self, pos: int) -> T:
+        return self._items[pos - self._base]
+
+    def items_from(self, pos: int) -> list[T]:
+        return self._items[pos - self._base :]
+
+    async def park(self) -> None:
+        self._waiting += 1
+        try:
+            await self._readers.park()
+        except BaseException:
+            self._waiting -= 1
+            raise
+
+
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP, weakref_slot=False)
+class Member(Generic[T]):
+    """One reader of a group: the log while it keeps up, its own mailbox after it spilled.
+
+    Reading has a mailbox's interface: ``receive_nowait``, ``receive``, ``receive_all_nowait``,
+    ``receive_all``, ``closed_reason``, ``statistics()``.
+    """
+
+    group: Group[T]
+    router: Router[T]
+    #: Order of joining the router (see ``Subscriber.number``).
+    number: int = 0
+    pos: int = 0
+    attached: bool = False
+    #: Made the first time the member spills (most members never do).
+    mailbox: Mailbox[T] | None = None
+    #: Its own router attachment while it reads its mailbox.
+    subscriber: Subscriber[T] | None = None
+    #: Items read from the log.
+    log_reads: int = 0
+
+    def own_mailbox(self) -> Mailbox[T]:
+        if self.mailbox is None:
+            group = self.group
+            self.mailbox = Mailbox(
+                group.capacity, group.overflow, group.block_timeout, group.droppable
+            )
+        return self.mailbox
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def receive_nowait(self) -> T | Dropped:
+        """The next item, or a :class:`Dropped` marker; :exc:`trio.WouldBlock` if none is
+        ready, :exc:`trio.EndOfChannel` once closed and drained."""
+        if self.attached:
+            group = self.group
+            pos = self.pos
+            if pos < group.end:
+                self.pos = pos + 1
+                self.log_reads += 1
+                return group.item_at(pos)
+            if group.open:
+                raise trio.WouldBlock
+            raise trio.EndOfChannel
+        mailbox = self.own_mailbox()
+        try:
+            return mailbox.receive_nowait()
+        except trio.WouldBlock:
+            if self.router.rejoin(self):
+                return self.receive_nowait()
+            raise
+
+    def receive_all_nowait(self) -> list[T | Dropped]:
+        """Everything readable now, as per-item reads would return it."""
+        if self.attached:
+            group = self.group
+            pos = self.pos
+            if pos < group.end:
+                self.pos = group.end
+                self.log_reads += group.end - pos
+                return group.items_from(pos)  # type: ignore[return-value]  # T | Dropped
+            if group.open:
+                raise trio.WouldBlock
+            raise trio.EndOfChannel
+        mailbox = self.own_mailbox()
+        try:
+            return mailbox.receive_all_nowait()
+        except trio.WouldBlock:
+            if self.router.rejoin(self):
+                return self.receive_all_nowait()
+            raise
+
+    async def receive(self) -> T | Dropped:
+        """Like :meth:`receive_nowait`, waiting while nothing is ready; always a cancellation
+        point, a schedule point only when it waits."""
+        if cancel_requested():
+            await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                return self.receive_nowait()
+            except trio.WouldBlock:
+                await self._wait()
+
+    async def receive_all(self) -> list[T | Dropped]:
+        """Like :meth:`receive_all_nowait`, waiting while nothing is ready."""
+        if cancel_requested():
+            await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                return self.receive_all_nowait()
+            except trio.WouldBlock:
+                await self._wait()
+
+    async def _wait(self) -> None:
+        if self.attached:
+            await self.group.park()
+        else:
+            await self.own_mailbox().wait_ready()
+
+    # ---- state -------------------------------------------------------------------------------
+
+    @property
+    def closed_reason(self) -> str | None:
+        if self.attached:
+            return self.group.closed_reason
+        return None if self.mailbox is None else self.mailbox.closed_reason
+
+    def statistics(self) -> MailboxStatistics:
+        own = None if self.mailbox is None else self.mailbox.statistics()
+        received = self.log_reads + (own.received if own else 0)
+        if own is None or self.attached:
+            group = self.group
+            return MailboxStatistics(
+                received=received,
+                dropped=own.dropped if own else 0,
+                queued=group.end - self.pos if self.attached else 0,
+                capacity=group.capacity,
+                closed_reason=group.closed_reason,
+                closed=not group.open,
+            )
+        return attrs.evolve(own, received=received)
