@@ -13,14 +13,16 @@ import trio
 
 from actors import Mailbox, Overflow, Router, Supervisor, cancel_requested, open_supervisor
 
-from ._actor import MAX_EVENTS_PER_EMIT, Phase, RunActor
+from ._actor import Phase, RunActor
 from ._config import BusConfig, RunContext
-from ._core import OUTCOMES, BusCore
+from ._core import BusCore
+from ._counters import OUTCOMES
 from ._errors import InvalidEvent, RunAlreadyActive, TooManySubscribers, UnknownRun
 from ._event import DROPPED_STREAM, LIFECYCLE, Event, annotation_kind, checked_event, is_droppable
 from ._portal import BusPortal
 from ._run import (
     SHUTDOWN,
+    BlockPhase,
     BodyPhase,
     Run,
     RunBody,
@@ -29,6 +31,7 @@ from ._run import (
     emit_nowait,
     track_ingested,
 )
+from ._state import MAX_EVENTS_PER_EMIT
 from ._subscription import BUS_CLOSED, EventFilter, Subscription, event_filter, event_keys
 
 __all__ = ["Bus", "BusStatistics", "open_bus"]
@@ -125,8 +128,8 @@ class Bus:
             raise TypeError(f"body must be an async callable, not {body!r}")
         run_id = _run_id(run_id)
         context = _context(context)
-        phase = BodyPhase(self._core, run_id, context, reraise=False)
-        handle = await phase.claim()
+        phase = BodyPhase(self._core)
+        handle = await phase.claim(run_id, context)
         # The start event is out; the body runs in a task of the bus's own, named after the
         # run so that tools and tracebacks show which run a task serves.
         self._core.supervisor.start_soon_self_guarded(
@@ -143,7 +146,7 @@ class Bus:
         raised in the block ends the run as an error and then propagates.
         """
         self._core.check_thread()
-        return BodyPhase(self._core, _run_id(run_id), _context(context), reraise=True)
+        return BlockPhase(self._core, run_id=_run_id(run_id), context=_context(context))
 
     async def emit(
         self, run_id: str, stream: str, data: Any, *, session_key: str | None = None
@@ -151,7 +154,7 @@ class Bus:
         """Emit into a live run from outside its body; :exc:`UnknownRun` if none is running."""
         self._core.check_thread()
         self._core.check_open()
-        return await emit(self._live(run_id), stream, data, session_key)
+        return await emit(self._core, self._live(run_id), stream, data, session_key)
 
     def _emit_nowait(
         self, run_id: str, stream: str, data: Any, session_key: str | None = None
@@ -160,7 +163,7 @@ class Bus:
         the portal's fast path, which needs no task in the bus's thread."""
         self._core.check_thread()
         self._core.check_open()
-        return emit_nowait(self._live(run_id), stream, data, session_key)
+        return emit_nowait(self._core, self._live(run_id), stream, data, session_key)
 
     def abort(self, run_id: str, *, reason: str = "rpc") -> bool:
         """Cancel a live run's body (or end its retry grace); False if no such live run."""
@@ -172,9 +175,9 @@ class Bus:
     def update_context(self, run_id: str, **fields: Any) -> RunContext:
         """Change only the given context fields of a live run; later events see the change."""
         self._core.check_thread()
-        actor = self._live(run_id)
-        actor.context = actor.context.updated(**fields)
-        return actor.context
+        state = self._live(run_id).state
+        state.context = state.context.updated(**fields)
+        return state.context
 
     def _live(self, run_id: str) -> RunActor:
         actor = self._core.runs.get(run_id)
@@ -218,12 +221,14 @@ class Bus:
             )
         if actor is None:
             context = RunContext(session_key=event.session_key)
-            actor, _ = core.claim(event.run_id, context, Phase.TRACKING)
-            actor.prepare_wait()
-            core.supervisor.start_soon(track_ingested, core, actor, name="pipeline.ingested_run")
+            actor = core.claim(event.run_id, context, Phase.TRACKING)
+            wakeup = actor.prepare_wait()
+            core.supervisor.start_soon(
+                track_ingested, core, actor, wakeup, name="pipeline.ingested_run"
+            )
         published = actor.publish_ingested(event)
         if not published:
-            core.duplicates += 1
+            core.counters.duplicates += 1
         return published
 
     # ---- subscribers -------------------------------------------------------------------------
@@ -289,6 +294,7 @@ class Bus:
         core = self._core
         core.check_thread()
         routed = core.router.statistics()
+        counters = core.counters
         return BusStatistics(
             live_runs=len(core.runs),
             subscribers=self._subscribers,
@@ -296,10 +302,10 @@ class Bus:
             deliveries=routed.deliveries,
             drops=routed.drops,
             disconnects=routed.disconnects,
-            duplicates=core.duplicates,
-            chat_truncations=core.chat_truncations,
-            runs_started=core.runs_started,
-            runs_by_outcome={status: core.outcomes[status] for status in OUTCOMES},
+            duplicates=counters.duplicates,
+            chat_truncations=counters.chat_truncations,
+            runs_started=counters.runs_started,
+            runs_by_outcome={status: counters.outcomes[status] for status in OUTCOMES},
             failures=core.supervisor.statistics().failed,
         )
 
@@ -369,20 +375,19 @@ async def _serve_body(phase: BodyPhase, body: RunBody) -> None:
     """The root coroutine of a ``start_run`` task, and its own supervisor guard.
 
     Every live run keeps this frame, so it has few locals, no guard coroutine around it (see
-    Supervisor.start_soon_self_guarded), and calls the phase's ``__aexit__`` itself rather than
-    through ``async with``, which would keep a bound method on the frame's stack.
+    Supervisor.start_soon_self_guarded), and leaves the phase itself rather than through
+    ``async with``, which would keep a bound method on the frame's stack.
     """
-    supervisor = phase.core.supervisor
-    supervisor.child_started()
+    phase.core.supervisor.child_started()
     try:
         try:
             await body(phase.enter())
         except BaseException as exc:
-            if not await phase.__aexit__(type(exc), exc, exc.__traceback__):
+            if not await phase.leave(exc):
                 raise
         else:
-            await phase.__aexit__(None, None, None)
+            await phase.leave(None)
     except Exception:
-        supervisor.child_failed(_RUN_TASK_NAME)
+        phase.core.supervisor.child_failed(f"{_RUN_TASK_NAME} {phase.actor.id}")
     finally:
-        supervisor.child_ended()
+        phase.core.supervisor.child_ended()

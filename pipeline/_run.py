@@ -17,20 +17,29 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 import trio
 
 from actors import cancel_requested_in
 
-from ._actor import MAX_EVENTS_PER_EMIT, MAX_TERMINAL_EVENTS, Phase, RunActor, epoch_ms
+from ._actor import RUNNING, Phase, RunActor
 from ._config import RunContext
 from ._core import WRONG_THREAD, BusCore
 from ._errors import BusClosed, UnknownRun
 from ._event import Event
+from ._state import MAX_EVENTS_PER_EMIT, MAX_TERMINAL_EVENTS, checked_input, epoch_ms
 
-__all__ = ["BodyPhase", "Run", "RunHandle", "RunOutcome", "keep_for_retry", "track_ingested"]
+__all__ = [
+    "BlockPhase",
+    "BodyPhase",
+    "Run",
+    "RunHandle",
+    "RunOutcome",
+    "keep_for_retry",
+    "track_ingested",
+]
 
 _log = logging.getLogger("pipeline.run")
 
@@ -67,16 +76,15 @@ class Run:
     It is valid only while its body runs; afterwards its methods raise :exc:`UnknownRun`.
     """
 
-    _actor: RunActor
     _phase: BodyPhase
 
     @property
     def id(self) -> str:
-        return self._actor.id
+        return self._phase.actor.id
 
     @property
     def context(self) -> RunContext:
-        return self._actor.context
+        return self._phase.actor.state.context
 
     def emit(
         self, stream: str, data: Any, *, session_key: str | None = None
@@ -87,48 +95,55 @@ class Run:
         and one coroutine per event is cheaper than two. A stale ``Run`` raises at once; a
         call from another thread raises when awaited, before doing anything.
         """
-        if not self._phase._active:
-            raise UnknownRun(f"run {self._actor.id!r} has no running body")
-        return emit(self._actor, stream, data, session_key)
+        phase = self._phase
+        if not phase._active:
+            raise UnknownRun(f"run {phase.actor.id!r} has no running body")
+        return emit(phase.core, phase.actor, stream, data, session_key)
 
     def emit_nowait(self, stream: str, data: Any, *, session_key: str | None = None) -> Event:
         """Publish one event; :exc:`trio.WouldBlock` if the router's inbox is full."""
-        self._phase.check_active()
-        return emit_nowait(self._actor, stream, data, session_key)
+        phase = self._phase
+        phase.check_active()
+        return emit_nowait(phase.core, phase.actor, stream, data, session_key)
 
     def update_context(self, **fields: Any) -> RunContext:
         """Change only the given context fields; later events see the change."""
         self._phase.check_active()
-        self._actor.context = self._actor.context.updated(**fields)
-        return self._actor.context
+        state = self._phase.actor.state
+        state.context = state.context.updated(**fields)
+        return state.context
 
     def set_stop_reason(self, reason: str | None) -> None:
         """The ``stopReason`` the end event (and the chat final) will carry."""
         self._phase.check_active()
-        self._actor.end_reason = reason
+        self._phase.actor.state.end_reason = reason
 
 
-async def emit(actor: RunActor, stream: object, data: object, session_key: object) -> Event:
+async def emit(
+    core: BusCore, actor: RunActor, stream: object, data: object, session_key: object
+) -> Event:
     """Validate, wait for room in the router's inbox if needed, and publish.
 
     Always a cancellation point (an aborted body gets its ``Cancelled`` here rather than
     publish); a schedule point only when it waits for room.
     """
-    core = actor.core
     if cancel_requested_in(core.run, WRONG_THREAD):
         await trio.lowlevel.checkpoint()
-    stream, frozen = actor.checked_input(stream, data, session_key)
-    actor.check_running()
-    if core.router.free() < MAX_EVENTS_PER_EMIT:
+    stream, frozen = checked_input(stream, data, session_key)
+    if actor.phase is not RUNNING or actor.stop_reason is not None:
+        actor.check_running()  # raises
+    if core.room() < MAX_EVENTS_PER_EMIT:
         await core.wait_room(MAX_EVENTS_PER_EMIT)
         actor.check_running()
     return actor.publish_agent(stream, frozen, session_key)  # type: ignore[arg-type]
 
 
-def emit_nowait(actor: RunActor, stream: object, data: object, session_key: object) -> Event:
-    stream, frozen = actor.checked_input(stream, data, session_key)
+def emit_nowait(
+    core: BusCore, actor: RunActor, stream: object, data: object, session_key: object
+) -> Event:
+    stream, frozen = checked_input(stream, data, session_key)
     actor.check_running()
-    if actor.core.router.free() < MAX_EVENTS_PER_EMIT:
+    if core.room() < MAX_EVENTS_PER_EMIT:
         raise trio.WouldBlock
     return actor.publish_agent(stream, frozen, session_key)  # type: ignore[arg-type]
 
@@ -180,34 +195,29 @@ class RunHandle:
 
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP, weakref_slot=False)
 class BodyPhase:
-    """One body's stretch of a run, as an async context manager around the body.
+    """One body's stretch of a run, as the async context manager's exit around the body.
 
-    Entering claims the run (or resumes it from its retry grace) and publishes the lifecycle
-    start. Leaving publishes the terminal events under a shielded scope, then hands the state
-    to a retry grace or releases it. With ``reraise=False`` the body's own exception is
-    reported as the outcome and not propagated (``start_run``); with ``reraise=True`` it
-    propagates to the caller (``async with bus.run()``).
+    :meth:`claim` claims the run (or resumes it from its retry grace) and publishes the
+    lifecycle start; :meth:`enter` opens the run's cancel scope in the task that runs the body.
+    Leaving publishes the terminal events under a shielded scope, then hands the state to a
+    retry grace or releases it. The body's own exception is reported as the outcome and not
+    propagated (``start_run``); :class:`BlockPhase` propagates it (``async with bus.run()``).
     """
 
+    #: Whether the body's own exception propagates to the caller.
+    reraise: ClassVar[bool] = False
+
     core: BusCore
-    run_id: str
-    context: RunContext | None
-    reraise: bool
     actor: RunActor = attrs.field(init=False)
     handle: RunHandle = attrs.field(init=False)
-    _scope: trio.CancelScope = attrs.field(init=False)
     _active: bool = attrs.field(init=False, default=False)
 
     def check_active(self) -> None:
         cancel_requested_in(self.core.run, WRONG_THREAD)
         if not self._active:
-            raise UnknownRun(f"run {self.run_id!r} has no running body")
+            raise UnknownRun(f"run {self.actor.id!r} has no running body")
 
-    async def __aenter__(self) -> Run:
-        await self.claim()
-        return self.enter()
-
-    async def claim(self) -> RunHandle:
+    async def claim(self, run_id: str, context: RunContext | None) -> RunHandle:
         """Claim the run and publish its lifecycle start (in the caller's task).
 
         Waits only while the router's inbox lacks room for the start event; always a
@@ -217,17 +227,17 @@ class BodyPhase:
         if cancel_requested_in(core.run, WRONG_THREAD):
             await trio.lowlevel.checkpoint()
         core.check_open()
-        if core.router.free() < MAX_EVENTS_PER_EMIT:
+        if core.room() < MAX_EVENTS_PER_EMIT:
             await core.wait_room(MAX_EVENTS_PER_EMIT)
         # From here on nothing awaits: the claim and the start event are one step, so the
         # room checked above is still there.
-        self.actor, _ = core.claim(self.run_id, self.context, Phase.RUNNING)
+        actor = self.actor = core.claim(run_id, context, Phase.RUNNING)
         try:
-            self.actor.publish_start()
+            actor.publish_start()
         except BaseException:
-            self.actor.release()
+            core.release(actor)
             raise
-        self.handle = RunHandle(self.run_id, self.actor, core.run)
+        self.handle = RunHandle(run_id, actor, core.run)
         self._active = True
         return self.handle
 
@@ -236,9 +246,8 @@ class BodyPhase:
 
         A run aborted in between gets an already-cancelled scope.
         """
-        self._scope = self.actor.open_scope()
-        self._scope.__enter__()
-        return Run(self.actor, self)
+        self.actor.open_scope().__enter__()
+        return Run(self)
 
     async def __aexit__(
         self,
@@ -246,7 +255,15 @@ class BodyPhase:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        actor, scope, core = self.actor, self._scope, self.core
+        return await self.leave(exc)
+
+    async def leave(self, exc: BaseException | None) -> bool:
+        """Close the run's cancel scope around the body, which left with ``exc`` (``None``
+        when it returned), then end the body phase; True if ``exc`` was handled here."""
+        actor, core = self.actor, self.core
+        scope = actor.scope
+        assert scope is not None, "enter() comes first"
+        exc_type, tb = (None, None) if exc is None else (type(exc), exc.__traceback__)
         try:
             remaining = None if scope.__exit__(exc_type, exc, tb) else exc
         except BaseException as transformed:
@@ -255,6 +272,7 @@ class BodyPhase:
         self._active = False
         outcome: RunOutcome | None = None
         kept = False
+        state = actor.state
         try:
             status, error, kind = _classify(remaining, scope, actor, self.reraise)
             if status == "error":
@@ -276,21 +294,21 @@ class BodyPhase:
                 status=status,
                 error=error,
                 exception=remaining if status == "error" else None,
-                last_seq=actor.last_seq,
-                started_at=actor.started_at,
+                last_seq=state.last_seq,
+                started_at=state.started_at,
                 ended_at=ended_at,
             )
-            core.record(status)
+            core.counters.record(status)
             if keep:
-                generation = actor.enter_grace()
+                wakeup = actor.enter_grace()
                 core.supervisor.start_soon(
-                    keep_for_retry, core, actor, generation, name="pipeline.retry_grace"
+                    keep_for_retry, core, actor, wakeup, name="pipeline.retry_grace"
                 )
                 kept = True
         finally:
             # Whatever happened above, the run ends here unless a grace keeper now owns it.
             if not kept:
-                actor.release()
+                core.release(actor)
             self.handle._finish(outcome or _failed_to_end(actor))
         if remaining is None:
             return exc is not None
@@ -301,6 +319,21 @@ class BodyPhase:
         return False
 
 
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP, weakref_slot=False)
+class BlockPhase(BodyPhase):
+    """The body phase of ``async with bus.run()``: the caller's block is the body, and its
+    exception propagates once the run has ended."""
+
+    reraise: ClassVar[bool] = True
+
+    run_id: str = attrs.field(kw_only=True)
+    context: RunContext | None = attrs.field(kw_only=True)
+
+    async def __aenter__(self) -> Run:
+        await self.claim(self.run_id, self.context)
+        return self.enter()
+
+
 def _failed_to_end(actor: RunActor) -> RunOutcome:
     """The outcome of a run whose ending itself failed (a bug, logged by the supervisor)."""
     return RunOutcome(
@@ -308,8 +341,8 @@ def _failed_to_end(actor: RunActor) -> RunOutcome:
         status="error",
         error="the bus failed to end this run",
         exception=None,
-        last_seq=actor.last_seq,
-        started_at=actor.started_at,
+        last_seq=actor.state.last_seq,
+        started_at=actor.state.started_at,
         ended_at=epoch_ms(),
     )
 
@@ -376,24 +409,24 @@ async def _publish_shielded(core: BusCore, publish: Callable[[], None]) -> None:
     _log.warning("closing events could not be published: the bus closed first")
 
 
-async def keep_for_retry(core: BusCore, actor: RunActor, generation: int) -> None:
+async def keep_for_retry(core: BusCore, actor: RunActor, wakeup: trio.Event) -> None:
     """Keep a failed run's state for ``error_retry_grace``; a retry under its id resumes it.
 
     If the grace expires (or the run is aborted, or the bus closes), the chat error goes out
-    and the state is released.
+    and the state is released. ``wakeup`` is this grace's (:meth:`RunActor.enter_grace`).
     """
     try:
         with trio.move_on_after(core.config.error_retry_grace):
-            await actor.wait_woken()
+            await wakeup.wait()
     finally:
-        if actor.in_grace(generation):  # else a retry took the run over
+        if actor.in_grace(wakeup):  # else a retry took the run over
             try:
                 await _publish_shielded(core, actor.publish_chat_error)
             finally:
-                actor.release()
+                core.release(actor)
 
 
-async def track_ingested(core: BusCore, actor: RunActor) -> None:
+async def track_ingested(core: BusCore, actor: RunActor, wakeup: trio.Event) -> None:
     """Own a run known only from ingested events, until its terminal event or idle timeout.
 
     If it ends any other way (abort, idle timeout, cancellation), it publishes a terminal
@@ -403,7 +436,7 @@ async def track_ingested(core: BusCore, actor: RunActor) -> None:
     reason = "cancelled"
     try:
         with actor.open_scope() as scope:
-            await actor.wait_woken()
+            await wakeup.wait()
         if actor.tracked_terminal is not None:
             status = _tracked_status(actor.tracked_terminal)
         elif actor.stop_reason is not None:
@@ -422,8 +455,8 @@ async def track_ingested(core: BusCore, actor: RunActor) -> None:
                 else:
                     await _publish_shielded(core, lambda: actor.publish_aborted(reason, ended_at))
         finally:
-            core.record(status)
-            actor.release()
+            core.counters.record(status)
+            core.release(actor)
 
 
 def _tracked_status(terminal: Any) -> Status:

@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 import pipeline as pl
-from pipeline._core import BusCore
+from pipeline._counters import Counters
 from pipeline.testing import is_terminal
 
 
@@ -238,12 +238,12 @@ class TestBugInARunsOwnEnding:
     async def test_it_is_logged_counted_and_ends_only_that_run(
         self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
     ) -> None:
-        record = BusCore.record
+        record = Counters.record
 
-        def broken_for_one_run(core: BusCore, status: str) -> None:
+        def broken_for_one_run(counters: Counters, status: str) -> None:
             if status == "error":
                 raise RuntimeError("bookkeeping bug")
-            record(core, status)
+            record(counters, status)
 
         async def fail(run: pl.Run) -> None:
             raise ValueError("the body's own failure")
@@ -251,7 +251,7 @@ class TestBugInARunsOwnEnding:
         async def work(run: pl.Run) -> None:
             await run.emit("assistant", {"delta": "hi"})
 
-        monkeypatch.setattr(BusCore, "record", broken_for_one_run)
+        monkeypatch.setattr(Counters, "record", broken_for_one_run)
         with trio.fail_after(5):
             async with pl.open_bus() as bus:
                 broken = await bus.start_run(fail, run_id="broken")
