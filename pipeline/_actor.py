@@ -104,7 +104,7 @@ class Publisher(Protocol):
 
 
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP, weakref_slot=False)
-class _Waiting:
+class _Rare:
     """What only a waiting stretch (retry grace, tracking) or an abort needs: made by the
     first of them, so a running body does not pay for it."""
 
@@ -121,14 +121,14 @@ class RunActor:
     """The driver of one live run (see the module docstring)."""
 
     state: RunState
-    publisher: Publisher
+    publisher: Publisher = attrs.field(repr=False)
     phase: Phase
     #: Why the run is being stopped (abort reason); ``None`` unless aborted.
     stop_reason: str | None = None
     _scope: trio.CancelScope | None = None
     #: When the idle deadline moves next (a float shared with the bus's other runs).
     _refresh_at: float = -inf
-    _waiting: _Waiting | None = None
+    _rare: _Rare | None = None
 
     @property
     def id(self) -> str:
@@ -145,16 +145,16 @@ class RunActor:
     @property
     def ended_at(self) -> int | None:
         """When an abort published the current body phase's terminal events, if one did."""
-        return None if self._waiting is None else self._waiting.ended_at
+        return None if self._rare is None else self._rare.ended_at
 
     @property
     def tracked_terminal(self) -> Mapping[str, Any] | None:
-        return None if self._waiting is None else self._waiting.tracked_terminal
+        return None if self._rare is None else self._rare.tracked_terminal
 
-    def _more(self) -> _Waiting:
-        if self._waiting is None:
-            self._waiting = _Waiting()
-        return self._waiting
+    def _more(self) -> _Rare:
+        if self._rare is None:
+            self._rare = _Rare()
+        return self._rare
 
     # ---- scope, idle deadline, abort ---------------------------------------------------------
 
@@ -201,8 +201,8 @@ class RunActor:
         return True
 
     def wake(self) -> None:
-        if self._waiting is not None and self._waiting.wakeup is not None:
-            self._waiting.wakeup.set()
+        if self._rare is not None and self._rare.wakeup is not None:
+            self._rare.wakeup.set()
 
     def prepare_wait(self) -> trio.Event:
         """Make the event that :meth:`wake` sets, before the stretch that waits for it."""
@@ -216,18 +216,14 @@ class RunActor:
 
     def in_grace(self, wakeup: trio.Event) -> bool:
         """Whether the run is still in the grace that ``wakeup`` belongs to."""
-        return (
-            self.phase is Phase.GRACE
-            and self._waiting is not None
-            and self._waiting.wakeup is wakeup
-        )
+        return self.phase is Phase.GRACE and self._rare is not None and self._rare.wakeup is wakeup
 
     def resume(self, context: RunContext | None) -> None:
         """A retry takes the run over from its grace (its keeper is woken and lets go)."""
         self.phase = RUNNING
         self.stop_reason = None
-        if self._waiting is not None:
-            self._waiting.ended_at = None
+        if self._rare is not None:
+            self._rare.ended_at = None
         self.state.resume(context)
         self.wake()
 
@@ -235,7 +231,7 @@ class RunActor:
         """The run has ended: drop its state's buffers and the scope."""
         self.phase = Phase.ENDED
         self._scope = None
-        self._waiting = None
+        self._rare = None
         self.state.clear()
 
     # ---- publishing --------------------------------------------------------------------------

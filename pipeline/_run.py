@@ -207,7 +207,7 @@ class BodyPhase:
     #: Whether the body's own exception propagates to the caller.
     reraise: ClassVar[bool] = False
 
-    core: BusCore
+    core: BusCore = attrs.field(repr=False)
     actor: RunActor = attrs.field(init=False)
     handle: RunHandle = attrs.field(init=False)
     _active: bool = attrs.field(init=False, default=False)

@@ -97,8 +97,9 @@ class _Rare:
     #: The failure kept through the retry grace: (message, kind).
     failure: tuple[str, str] | None = None
     #: Ingest's dedupe of annotations (chat and seq-gap events, which carry their cause's
-    #: seq): the newest annotation seq seen, then the kinds seen at it.
-    noted: tuple[int, tuple[str, ...]] = (0, ())
+    #: seq): the newest annotation seq seen, and the kinds seen at it.
+    noted_seq: int = 0
+    noted_kinds: tuple[str, ...] = ()
 
 
 #: What an agent event calls for: (chat event before it, the event, chat event after it).
@@ -115,7 +116,7 @@ class RunState:
 
     id: str
     context: RunContext
-    settings: RunSettings
+    settings: RunSettings = attrs.field(repr=False)
     #: Seq of the newest agent event (local or ingested); the next local one is ``last_seq + 1``.
     last_seq: int = 0
     #: When the run first started (a retry keeps it).
@@ -325,11 +326,10 @@ class RunState:
     def _note(self, seq: int, kind: str) -> bool:
         """Record annotation ``(seq, kind)``; False if it was seen already (or is older)."""
         rare = self._more()
-        noted_seq, kinds = rare.noted
-        if seq > noted_seq:
-            rare.noted = (seq, (kind,))
+        if seq > rare.noted_seq:
+            rare.noted_seq, rare.noted_kinds = seq, (kind,)
             return True
-        if seq < noted_seq or kind in kinds:
+        if seq < rare.noted_seq or kind in rare.noted_kinds:
             return False
-        rare.noted = (seq, (*kinds, kind))
+        rare.noted_kinds += (kind,)
         return True
