@@ -3,6 +3,8 @@
 Nothing here knows about agents or events; ``pipeline`` builds the agent event bus on it.
 """
 
+from ._broadcast import Group as Group
+from ._broadcast import Member as Member
 from ._cancel import WrongRun as WrongRun
 from ._cancel import cancel_requested as cancel_requested
 from ._cancel import cancel_requested_in as cancel_requested_in
@@ -27,9 +29,11 @@ __all__ = [
     "SLOW_CONSUMER",
     "SUBSCRIBER_FAILED",
     "Dropped",
+    "Group",
     "IndexEntry",
     "Mailbox",
     "MailboxStatistics",
+    "Member",
     "Overflow",
     "Router",
     "RouterStatistics",

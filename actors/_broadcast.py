@@ -110,8 +110,17 @@ class Group(Generic[T]):
         self.members[member] = None
 
     def detach(self, member: Member[T]) -> None:
+        """Take ``member`` off the log; what it has not read moves to its own mailbox, which
+        is closed: like a mailbox after its subscriber left, it can still be drained."""
         if self.members.pop(member, False) is None:
             member.attached = False
+            unread = self._items[member.pos - self._base :]
+            if unread:
+                member.own_mailbox().preload(unread)
+            if member.mailbox is not None:
+                member.mailbox.close(self.closed_reason)
+            if self._waiting:  # its reader may be parked here: let it see the end
+                self._waiting -= len(self._readers.unpark_all())
 
     def room(self) -> int:
         """How many items fit before the slowest attached member spills."""
@@ -159,6 +168,9 @@ class Member(Generic[T]):
     subscriber: Subscriber[T] | None = None
     #: Items read from the log.
     log_reads: int = 0
+    #: Once it has left the router: its state at that moment (for ``closed_reason`` and
+    #: ``statistics()``, which keep answering as they did then).
+    final: MailboxStatistics | None = None
 
     def own_mailbox(self) -> Mailbox[T]:
         if self.mailbox is None:
@@ -183,6 +195,8 @@ class Member(Generic[T]):
             if group.open:
                 raise trio.WouldBlock
             raise trio.EndOfChannel
+        if self.mailbox is None and self.final is not None:  # it left, with nothing unread
+            raise trio.EndOfChannel
         mailbox = self.own_mailbox()
         try:
             return mailbox.receive_nowait()
@@ -202,6 +216,8 @@ class Member(Generic[T]):
                 return group.items_from(pos)  # type: ignore[return-value]  # T | Dropped
             if group.open:
                 raise trio.WouldBlock
+            raise trio.EndOfChannel
+        if self.mailbox is None and self.final is not None:
             raise trio.EndOfChannel
         mailbox = self.own_mailbox()
         try:
@@ -242,11 +258,15 @@ class Member(Generic[T]):
 
     @property
     def closed_reason(self) -> str | None:
-        if self.attached:
+        if self.final is not None and self.mailbox is None:
+            return self.final.closed_reason
+        if self.attached or self.mailbox is None:
             return self.group.closed_reason
-        return None if self.mailbox is None else self.mailbox.closed_reason
+        return self.mailbox.closed_reason
 
     def statistics(self) -> MailboxStatistics:
+        if self.final is not None and self.mailbox is None:
+            return self.final
         own = None if self.mailbox is None else self.mailbox.statistics()
         received = self.log_reads + (own.received if own else 0)
         if own is None or self.attached:

@@ -360,6 +360,8 @@ class Router(Generic[T]):
 
     def leave(self, member: Member[T]) -> None:
         """Detach a reader from its group (or its own mailbox); safe to call more than once."""
+        if member.final is not None:
+            return
         stats = member.statistics()
         if member.attached:
             group = member.group
@@ -375,7 +377,8 @@ class Router(Generic[T]):
             self._past_drops += stats.dropped
             self._disconnects += stats.closed_reason in _CUT_OFF
             if member.mailbox is not None:
-                member.mailbox.close()
+                member.mailbox.close(stats.closed_reason)
+        member.final = stats
 
     def _close_group(self, group: Group[T]) -> None:
         """Forget a group nobody reads any more (its members left or spilled)."""
