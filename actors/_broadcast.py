@@ -133,6 +133,13 @@ class Group(Generic[T]):
             self.closed_reason = reason
         self._waiting -= len(self._readers.unpark_all())
 
+    def caught_up(self) -> None:
+        """A member has read everything: if it is the only one, forget the log at once (with
+        several members, the log is trimmed when it next grows ``capacity`` long)."""
+        if len(self.members) == 1:
+            self._items.clear()
+            self._base = self._low = self.end
+
     def item_at(self, pos: int) -> T:
         return self._items[pos - self._base]
 
@@ -191,7 +198,10 @@ class Member(Generic[T]):
             if pos < group.end:
                 self.pos = pos + 1
                 self.log_reads += 1
-                return group.item_at(pos)
+                item = group.item_at(pos)
+                if pos + 1 == group.end:
+                    group.caught_up()
+                return item
             if group.open:
                 raise trio.WouldBlock
             raise trio.EndOfChannel
@@ -213,7 +223,9 @@ class Member(Generic[T]):
             if pos < group.end:
                 self.pos = group.end
                 self.log_reads += group.end - pos
-                return group.items_from(pos)  # type: ignore[return-value]  # T | Dropped
+                items = group.items_from(pos)
+                group.caught_up()
+                return items  # type: ignore[return-value]  # T | Dropped
             if group.open:
                 raise trio.WouldBlock
             raise trio.EndOfChannel

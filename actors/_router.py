@@ -126,14 +126,18 @@ class Router(Generic[T]):
     _index: list[dict[Hashable, dict[Subscriber[T], None]]] = attrs.field(init=False, factory=list)
     #: Subscribers waiting for the router to reach the items published after they joined.
     _pending: list[Subscriber[T]] = attrs.field(init=False, factory=list)
-    #: The ``BLOCK`` subscribers, the only ones that can make routing wait.
-    _blocking: dict[Subscriber[T], None] = attrs.field(init=False, factory=dict)
     #: Shared logs by group key (see :meth:`join`).
     _groups: dict[Hashable, Group[T]] = attrs.field(init=False, factory=dict)
     #: Every group member, attached or spilled.
     _members: dict[Member[T], None] = attrs.field(init=False, factory=dict)
     #: Subscribers and members that have joined so far (numbers them).
     _joined: int = attrs.field(init=False, default=0)
+    #: Tasks in :meth:`wait_routed`, woken after each batch the router task routes.
+    _route_waiters: trio.lowlevel.ParkingLot = attrs.field(
+        init=False, factory=trio.lowlevel.ParkingLot
+    )
+    _route_waiting: int = attrs.field(init=False, default=0)
+    _serving: bool = attrs.field(init=False, default=False)
     _published: int = attrs.field(init=False, default=0)
     _routed: int = attrs.field(init=False, default=0)
     _close_reason: str | None = attrs.field(init=False, default=None)
@@ -175,29 +179,32 @@ class Router(Generic[T]):
         await self._inbox.wait_free(count)
 
     def flush_nowait(self) -> bool:
-        """Route every queued item now, in the caller's task, if no subscriber makes that wait.
+        """Route every queued item now, in the caller's task, if that makes no subscriber
+        wait or lose anything.
 
         Subscribers then hold the items before this returns, instead of one scheduler turn
         later (two, counting the reader's). The order stays the inbox's order. Returns False,
-        routing nothing, while the router task is waiting on a full ``BLOCK`` subscriber or when
-        one has less room than there are queued items; the router task routes them as usual.
-        The cost is the router's own for these items: bounded by the inbox's capacity.
+        routing nothing, while the router task is waiting on a full ``BLOCK`` subscriber, or
+        when some subscriber has less room than there are queued items: routing them all at
+        once could make it wait, drop or be cut off where the router's own pace, which lets
+        readers run between batches, would not. The router task then routes them as usual.
+        Costs one room check per subscriber, and the router's own work for the items.
         """
         if self._holding:
             return False
         inbox = self._inbox
         queued = len(inbox)
-        for subscriber in self._blocking:
+        for subscriber in self.subscribers():
             mailbox = subscriber.mailbox
-            short = mailbox.free() < queued and not mailbox.closed  # closed takes nothing
-            if short and mailbox.overflow is Overflow.BLOCK:
+            if mailbox.free() < queued and not mailbox.closed:  # closed takes nothing
                 return False
         for group in self._groups.values():
-            if group.overflow is Overflow.BLOCK and group.room() < queued:
+            if group.room() < queued:
                 return False
         for item in inbox.take_nowait(queued):
             owed = self._offer(item)
-            assert owed is None, "a BLOCK subscriber with room refused an item"
+            assert owed is None, "a subscriber with room refused an item"
+        self._wake_route_waiters()
         return True
 
     # ---- subscribers -------------------------------------------------------------------------
@@ -221,8 +228,6 @@ class Router(Generic[T]):
         subscriber = Subscriber(
             mailbox, accepts, starts_at=self._published, index=index, number=self._joined
         )
-        if mailbox.overflow is Overflow.BLOCK:
-            self._blocking[subscriber] = None
         if self._published == self._routed:
             self._file(subscriber)
         else:
@@ -260,7 +265,6 @@ class Router(Generic[T]):
     def unsubscribe_filed(self, subscriber: Subscriber[T]) -> None:
         if subscriber in self._pending:
             self._pending.remove(subscriber)
-        self._blocking.pop(subscriber, None)
         self._retire(subscriber)
 
     def subscribers(self) -> Iterator[Subscriber[T]]:
@@ -348,7 +352,6 @@ class Router(Generic[T]):
             or not self._unfile(subscriber)
         ):
             return False
-        self._blocking.pop(subscriber, None)
         member.subscriber = None
         old = member.group
         group = self._groups.get(old.key)
@@ -415,6 +418,7 @@ class Router(Generic[T]):
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The router task: route until closed and drained, then close every mailbox."""
+        self._serving = True
         task_status.started()
         inbox = self._inbox
         try:
@@ -427,16 +431,41 @@ class Router(Generic[T]):
                     owed = self._offer(item)
                     if owed:
                         self._holding = True
+                        self._wake_route_waiters()  # routing stalls: they need not wait
                         await self._deliver_waiting(item, owed)
                 self._holding = False
+                if self._route_waiting:
+                    self._wake_route_waiters()
                 if len(inbox):
                     await trio.lowlevel.checkpoint()
         finally:
             # However it ends (closed, cancelled, or a bug), no publisher may wait on it.
+            self._serving = False
+            self._wake_route_waiters()
             if self._close_reason is None:
                 self._close_reason = ROUTER_STOPPED
             self._inbox.close(self._close_reason)
             self.close_subscribers(self._close_reason)
+
+    async def wait_routed(self) -> None:
+        """Wait until every item published so far has been offered to the subscribers.
+
+        Returns early while routing is stalled on a full ``BLOCK`` subscriber (the items are
+        on their way, but only its reader can let them through), and once the router task
+        has stopped. Returns without yielding when everything is routed already.
+        """
+        target = self._published
+        while self._routed < target and self._serving and not self._holding:
+            self._route_waiting += 1
+            try:
+                await self._route_waiters.park()
+            except BaseException:
+                self._route_waiting -= 1
+                raise
+
+    def _wake_route_waiters(self) -> None:
+        if self._route_waiting:
+            self._route_waiting -= len(self._route_waiters.unpark_all())
 
     def _offer(self, item: T) -> list[Subscriber[T]] | None:
         """Give ``item`` to every matching subscriber that has room, without waiting.
@@ -531,8 +560,6 @@ class Router(Generic[T]):
         """File spilled members as plain subscribers, and give them the item that spilled
         them (through their overflow policy: their mailboxes are full)."""
         for subscriber in spilled:
-            if subscriber.mailbox.overflow is Overflow.BLOCK:
-                self._blocking[subscriber] = None
             self._file(subscriber)
         return self._offer_to(dict.fromkeys(spilled), item, owed)
 
