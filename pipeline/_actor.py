@@ -110,7 +110,7 @@ class _Rare:
 
     #: Woken on a retry or abort during the grace, and on a tracked run's terminal event.
     wakeup: trio.Event | None = None
-    #: When an abort published the current body phase's terminal events early.
+    #: When the current body phase's terminal events were claimed (see ``claim_terminal``).
     ended_at: int | None = None
     #: The terminal lifecycle data seen by a tracked run.
     tracked_terminal: Mapping[str, Any] | None = None
@@ -144,8 +144,14 @@ class RunActor:
 
     @property
     def ended_at(self) -> int | None:
-        """When an abort published the current body phase's terminal events, if one did."""
+        """When the current body phase's terminal events were claimed: by an abort that
+        published them, or by the ending body phase (:meth:`claim_terminal`)."""
         return None if self._rare is None else self._rare.ended_at
+
+    def claim_terminal(self, ended_at: int) -> None:
+        """The ending body phase publishes the terminal events: an abort from now on only
+        cancels (one terminal event per body phase, SPEC 4.2)."""
+        self._more().ended_at = ended_at
 
     @property
     def tracked_terminal(self) -> Mapping[str, Any] | None:

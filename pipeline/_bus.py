@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 import trio
 
-from actors import Mailbox, Overflow, Router, Supervisor, cancel_requested, open_supervisor
+from actors import Overflow, Router, Supervisor, cancel_requested, open_supervisor
 
 from ._actor import Phase, RunActor
 from ._config import BusConfig, RunContext
@@ -135,6 +135,10 @@ class Bus:
         self._core.supervisor.start_soon_self_guarded(
             _serve_body, phase, body, name=f"{_RUN_TASK_NAME} {run_id}"
         )
+        # A schedule point, as trio's own nursery.start is: a loop that starts runs lets the
+        # router, the readers and the new bodies take their turns, instead of queueing runs
+        # faster than anything can read them.
+        await trio.lowlevel.checkpoint()
         return handle
 
     def run(
@@ -271,14 +275,21 @@ class Bus:
                 f"{core.config.max_subscribers} subscriptions are open (max_subscribers)"
             )
         timeout = core.config.block_timeout if overflow is Overflow.BLOCK else None
-        mailbox: Mailbox[Event] = Mailbox(capacity, overflow, timeout, is_droppable)
-        subscriber = core.router.subscribe(mailbox, where.accepts, index=where.index)
+        reader = core.router.join(
+            (where.key, overflow, capacity),
+            capacity=capacity,
+            overflow=overflow,
+            block_timeout=timeout,
+            droppable=is_droppable,
+            accepts=where.accepts,
+            index=where.index,
+        )
         self._subscribers += 1
         try:
-            yield Subscription(mailbox, core.router, subscriber, core.run)
+            yield Subscription(reader, core.router, core.run)
         finally:
             self._subscribers -= 1
-            core.router.unsubscribe(subscriber)
+            core.router.leave(reader)
 
     # ---- state and shutdown ------------------------------------------------------------------
 

@@ -101,6 +101,11 @@ class BusCore:
         self.counters.runs_started += 1
         return actor
 
+    def unindex(self, actor: RunActor) -> None:
+        """Take ``actor`` out of the index (its id is free again) before it has ended."""
+        if self.runs.get(actor.id) is actor:
+            del self.runs[actor.id]
+
     def release(self, actor: RunActor) -> None:
         """End ``actor``'s run and drop its index entry; nothing of it stays in the bus."""
         actor.end()

@@ -154,15 +154,15 @@ class RunHandle:
 
     id: str
     _actor: RunActor | None
-    #: The bus's trio run, whose tasks alone may use the handle.
-    _run: trio.lowlevel.TrioToken
+    #: The bus, whose trio run's tasks alone may use the handle.
+    _core: BusCore
     #: Made by the first wait() before the body finishes; a handle nobody waits on costs less.
     _done: trio.Event | None = None
     _outcome: RunOutcome | None = None
 
     def abort(self, reason: str = "rpc") -> bool:
         """Cancel the body; False if it has already finished."""
-        cancel_requested_in(self._run, WRONG_THREAD)
+        cancel_requested_in(self._core.run, WRONG_THREAD)
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, not {reason!r}")
         if self._actor is None:
@@ -175,14 +175,20 @@ class RunHandle:
         return self._outcome
 
     async def wait(self) -> RunOutcome:
-        """Wait for the body to finish (not for a retry grace) and return its outcome."""
-        cancel_requested_in(self._run, WRONG_THREAD)
+        """Wait for the body to finish (not for a retry grace) and return its outcome.
+
+        By then its closing events have also reached the subscriptions (the router has
+        routed everything published so far), unless a full ``BLOCK`` subscriber holds the
+        router: a subscriber can read them without waiting.
+        """
+        cancel_requested_in(self._core.run, WRONG_THREAD)
         if self._outcome is None:
             if self._done is None:
                 self._done = trio.Event()
             await self._done.wait()
         else:
             await trio.lowlevel.checkpoint()
+        await self._core.router.wait_routed()
         assert self._outcome is not None
         return self._outcome
 
@@ -237,7 +243,7 @@ class BodyPhase:
         except BaseException:
             core.release(actor)
             raise
-        self.handle = RunHandle(run_id, actor, core.run)
+        self.handle = RunHandle(run_id, actor, core)
         self._active = True
         return self.handle
 
@@ -282,6 +288,10 @@ class BodyPhase:
                 ended_at = actor.ended_at
             else:
                 ended_at = epoch_ms()
+                # Claim the terminal events before waiting for room: an abort arriving while
+                # this waits must not publish a terminal event of its own (it would be the
+                # run's second). The body has ended; the abort only gets to say so.
+                actor.claim_terminal(ended_at)
                 await _publish_shielded(
                     core, lambda: _publish_terminal(actor, status, error, kind, ended_at, keep)
                 )
@@ -332,6 +342,19 @@ class BlockPhase(BodyPhase):
     async def __aenter__(self) -> Run:
         await self.claim(self.run_id, self.context)
         return self.enter()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        """End the run; when the block ended without an exception, also wait until its
+        closing events have reached the subscriptions, as ``RunHandle.wait()`` does."""
+        handled = await self.leave(exc)
+        if exc is None:
+            await self.core.router.wait_routed()
+        return handled
 
 
 def _failed_to_end(actor: RunActor) -> RunOutcome:
@@ -420,6 +443,10 @@ async def keep_for_retry(core: BusCore, actor: RunActor, wakeup: trio.Event) -> 
             await wakeup.wait()
     finally:
         if actor.in_grace(wakeup):  # else a retry took the run over
+            if not core.closing:
+                # The grace is over: a retry from now on starts a new run, even while the chat
+                # error below waits for room (it used to claim this one and then lose it).
+                core.unindex(actor)
             try:
                 await _publish_shielded(core, actor.publish_chat_error)
             finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 import attrs
 import trio
@@ -13,9 +13,8 @@ from actors import (
     SUBSCRIBER_FAILED,
     Dropped,
     IndexEntry,
-    Mailbox,
+    Member,
     Router,
-    Subscriber,
     cancel_requested_in,
 )
 
@@ -64,16 +63,17 @@ class Subscription:
     :attr:`closed_reason` says which. Reading awaits only when nothing is queued.
     """
 
-    _mailbox: Mailbox[Event]
+    #: Where its events come from: the shared log of the subscriptions with the same filter
+    #: and settings, or its own mailbox after it fell behind (see ``actors.Member``).
+    _reader: Member[Event]
     _router: Router[Event]
-    _subscriber: Subscriber[Event]
     #: The bus's trio run, whose tasks alone may read the subscription.
     _run: trio.lowlevel.TrioToken
-    #: The mailbox's bound method, looked up once: reading is the hot path.
+    #: The reader's bound method, looked up once: reading is the hot path.
     _take: Callable[[], Event | Dropped] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._take = self._mailbox.receive_nowait
+        self._take = self._reader.receive_nowait
 
     def __aiter__(self) -> Subscription:
         return self
@@ -85,7 +85,7 @@ class Subscription:
             try:
                 item = self._take()
             except trio.WouldBlock:
-                item = await self._mailbox.receive()
+                item = await self._reader.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
         if type(item) is Dropped:
@@ -121,17 +121,17 @@ class Subscription:
     def closed_reason(self) -> str | None:
         """``None`` while open; once ended, :data:`BUS_CLOSED`, :data:`SLOW_CONSUMER`,
         :data:`SUBSCRIBER_FAILED` or :data:`ROUTER_STOPPED` (see ``docs/api.md``)."""
-        return self._mailbox.closed_reason
+        return self._reader.closed_reason
 
     def statistics(self) -> SubscriptionStatistics:
         cancel_requested_in(self._run, WRONG_THREAD)
-        stats = self._mailbox.statistics()
+        stats = self._reader.statistics()
         return SubscriptionStatistics(
             delivered=stats.received, dropped=stats.dropped, queued=stats.queued
         )
 
     def _detach(self) -> None:
-        self._router.unsubscribe(self._subscriber)
+        self._router.leave(self._reader)
 
 
 def _dropped_marker(count: int) -> Event:
@@ -157,6 +157,8 @@ class EventFilter:
 
     index: IndexEntry | None
     accepts: Callable[[Event], bool] | None
+    #: Equal for equal filters: subscriptions with equal keys (and settings) share a log.
+    key: Hashable
 
 
 def event_filter(
@@ -181,7 +183,8 @@ def event_filter(
     elif session_key is not None:
         index = (SESSION, session_key)
     also_session = session_key if run_id is not None else None
-    return EventFilter(index, _rest(also_session, wanted, local_only))
+    key = (run_id, session_key, wanted, local_only)
+    return EventFilter(index, _rest(also_session, wanted, local_only), key)
 
 
 def _rest(
@@ -216,12 +219,12 @@ class Batches:
         sub = self._subscription
         if cancel_requested_in(sub._run, WRONG_THREAD):
             await trio.lowlevel.checkpoint()
-        mailbox = sub._mailbox
+        reader = sub._reader
         try:
             try:
-                items = mailbox.receive_all_nowait()
+                items = reader.receive_all_nowait()
             except trio.WouldBlock:
-                items = await mailbox.receive_all()
+                items = await reader.receive_all()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
         if type(items[0]) is Dropped:

@@ -13,8 +13,8 @@ cancelled. Whatever happened, afterwards:
 - the bus holds no live run, no run actor is left in memory and no task is left running;
 - the toolkit logged no failure.
 
-A bug this found is reproduced on its own by ``TestKnownBugs`` (an abort racing a body's own
-terminal event gives subscribers two terminal events for one run).
+A bug this found is reproduced on its own by ``TestAbortRacingTheEnd`` (an abort racing a
+body's own terminal event gave subscribers two terminal events for one run).
 """
 
 from __future__ import annotations
@@ -647,42 +647,8 @@ def lives(events: list[pl.Event], numbers: dict[int, int]) -> Lives:
         if event.stream != "dropped":
             runs[event.run_id].setdefault(numbers[id(event)], []).append(event)
     return {
-        run_id: [without_early_abort_terminals(life) for _, life in sorted(by_life.items())]
-        for run_id, by_life in runs.items()
+        run_id: [life for _, life in sorted(by_life.items())] for run_id, by_life in runs.items()
     }
-
-
-#: The stream the early terminal event of a known bug is relabelled with (see below).
-EARLY_TERMINAL = "early terminal (known bug)"
-
-
-def without_early_abort_terminals(events: list[pl.Event]) -> list[pl.Event]:
-    """``events`` with the extra terminal event of a known bug relabelled (``TestKnownBugs``).
-
-    When a run is aborted after its body has ended but while the body's terminal event still
-    waits for room in the router (or the bus's shutdown aborts a run whose body its owner's
-    cancellation has just ended), subscribers get the abort's terminal event and then the
-    body's own one at the next seq. The abort's is relabelled here (keeping its seq) so that
-    everything else about the run is still checked. Delete this function once it is fixed.
-    """
-    early: set[int] = set()
-    last_terminal: int | None = None  # of the current body phase
-    for index, event in enumerate(events):
-        if event.stream != "lifecycle":
-            continue
-        if not is_terminal(event):
-            last_terminal = None
-            continue
-        if last_terminal is not None:
-            earlier = events[last_terminal]
-            if earlier.data.get("aborted") is True and earlier.seq + 1 == event.seq:
-                early.add(last_terminal)
-        last_terminal = index
-    if not early:
-        return events
-    return [
-        e.evolve(stream=EARLY_TERMINAL) if index in early else e for index, e in enumerate(events)
-    ]
 
 
 def check_run_events(name: str, run_id: str, events: list[pl.Event], *, complete: bool) -> None:
@@ -963,17 +929,9 @@ async def abort_while_the_end_waits_for_room() -> tuple[list[pl.Event], pl.RunOu
     return [e for e in events if e.run_id == "r" and is_terminal(e)], outcome
 
 
-class TestKnownBugs:
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "RunActor.abort publishes an aborted terminal event for a run whose body has "
-            "already ended while BodyPhase.__aexit__ waits for router room to publish the "
-            "body's own terminal event: subscribers get two terminal events for one body "
-            "phase (the chaos test meets it when the owner's cancellation ends bodies and "
-            "Bus.aclose then aborts them with reason 'shutdown')"
-        ),
-    )
+class TestAbortRacingTheEnd:
+    """Found by the chaos test: an abort racing a body's own end gave two terminal events."""
+
     async def test_an_abort_racing_a_finished_bodys_end_event_adds_no_second_terminal_event(
         self,
     ) -> None:

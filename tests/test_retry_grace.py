@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 import pipeline as pl
-from pipeline.testing import collect_until, is_terminal
+from pipeline.testing import collect_until, drain, is_terminal
 
 GRACE = 10.0
 MAIN = pl.RunContext(session_key="main")
@@ -246,3 +246,36 @@ class TestRetryDuringTheGrace:
         assert trio.current_time() - retried_at == pytest.approx(GRACE)
         assert chat_error.data["state"] == "error"
         assert chat_error.seq == events[-1].seq
+
+
+async def parked(run: pl.Run) -> None:
+    await trio.sleep_forever()
+
+
+class TestRetryAsTheGraceExpires:
+    async def test_a_retry_while_the_expired_grace_publishes_its_chat_error_starts_a_new_run(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Found by the chaos test: the retry used to resume the expiring run, which the grace
+        keeper then released under it, so the new body's emits failed with UnknownRun."""
+        config = pl.BusConfig(error_retry_grace=1.0, router_buffer=4, block_timeout=60.0)
+        other = pl.RunContext(session_key="other")
+        with trio.fail_after(30):
+            async with pl.open_bus(config) as bus:
+                assert (await (await bus.start_run(failing, run_id="r1")).wait()).status == "error"
+                async with bus.subscribe(session_key="other", buffer=1) as stuck:
+                    # An unread subscriber holds the router; leave the inbox 2 free: room for
+                    # a start event (2), not for the expiring grace's chat error (3).
+                    filler = await bus.start_run(parked, context=other)
+                    for _ in range(3):
+                        await bus.emit(filler.id, "assistant", {"delta": "x"})
+                        await trio.testing.wait_all_tasks_blocked()
+                    await trio.sleep(1.5)  # the grace expires; its chat error waits for room
+                    retry = await bus.start_run(finishing, run_id="r1")
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(drain, stuck)
+                        outcome = await retry.wait()
+                        filler.abort()
+                        nursery.cancel_scope.cancel()
+        assert (outcome.status, outcome.exception) == ("ok", None)
+        assert outcome.last_seq == 3  # a new run: start, assistant, end; not a resumed one
