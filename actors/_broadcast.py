@@ -51,9 +51,9 @@ class Group(Generic[T]):
     droppable: Callable[[T], bool]
     #: The router attachment that appends to this log.
     subscriber: Subscriber[T] | None = None
-    _items: list[T] = attrs.field(factory=list)
-    #: Absolute log positions: ``_items[0]`` is item ``_base``; the next item is ``end``.
-    _base: int = 0
+    #: The log: ``items[0]`` is item ``base`` (an absolute position); the next is ``end``.
+    items: list[T] = attrs.field(factory=list)
+    base: int = 0
     end: int = 0
     #: At most the position of the slowest attached member.
     _low: int = 0
@@ -73,7 +73,7 @@ class Group(Generic[T]):
         spilled = None
         if end - self._low > self.capacity:
             spilled = self._rebase(end)
-        self._items.append(item)
+        self.items.append(item)
         self.end = end
         if self._waiting:
             self._waiting -= len(self._readers.unpark_all())
@@ -89,16 +89,16 @@ class Group(Generic[T]):
             for member in spilled:
                 self._spill(member)
             low = min((m.pos for m in members), default=self.end)
-        if low > self._base:
-            del self._items[: low - self._base]
-            self._base = low
+        if low > self.base:
+            del self.items[: low - self.base]
+            self.base = low
         self._low = low
         return spilled
 
     def _spill(self, member: Member[T]) -> None:
         del self.members[member]
         mailbox = member.own_mailbox()
-        unread = self._items[member.pos - self._base :]
+        unread = self.items[member.pos - self.base :]
         mailbox.preload(unread)
         member.attached = False
 
@@ -114,7 +114,7 @@ class Group(Generic[T]):
         is closed: like a mailbox after its subscriber left, it can still be drained."""
         if self.members.pop(member, False) is None:
             member.attached = False
-            unread = self._items[member.pos - self._base :]
+            unread = self.items[member.pos - self.base :]
             if unread:
                 member.own_mailbox().preload(unread)
             if member.mailbox is not None:
@@ -134,17 +134,13 @@ class Group(Generic[T]):
         self._waiting -= len(self._readers.unpark_all())
 
     def caught_up(self) -> None:
-        """A member has read everything: if it is the only one, forget the log at once (with
-        several members, the log is trimmed when it next grows ``capacity`` long)."""
-        if len(self.members) == 1:
-            self._items.clear()
-            self._base = self._low = self.end
-
-    def item_at(self, pos: int) -> T:
-        return self._items[pos - self._base]
+        """The only member has read everything: forget the log at once (with several
+        members, the log is trimmed when it next grows ``capacity`` long)."""
+        self.items.clear()
+        self.base = self._low = self.end
 
     def items_from(self, pos: int) -> list[T]:
-        return self._items[pos - self._base :]
+        return self.items[pos - self.base :]
 
     async def park(self) -> None:
         self._waiting += 1
@@ -198,8 +194,8 @@ class Member(Generic[T]):
             if pos < group.end:
                 self.pos = pos + 1
                 self.log_reads += 1
-                item = group.item_at(pos)
-                if pos + 1 == group.end:
+                item = group.items[pos - group.base]
+                if pos + 1 == group.end and len(group.members) == 1:
                     group.caught_up()
                 return item
             if group.open:
@@ -224,7 +220,8 @@ class Member(Generic[T]):
                 self.pos = group.end
                 self.log_reads += group.end - pos
                 items = group.items_from(pos)
-                group.caught_up()
+                if len(group.members) == 1:
+                    group.caught_up()
                 return items  # type: ignore[return-value]  # T | Dropped
             if group.open:
                 raise trio.WouldBlock

@@ -166,7 +166,14 @@ class Router(Generic[T]):
 
         Raises :exc:`trio.ClosedResourceError` after :meth:`close`.
         """
-        self._inbox.send_nowait(item)
+        inbox = self._inbox
+        queue = inbox._queue
+        if inbox._open and len(queue) < inbox.capacity:  # Mailbox.send_nowait, inlined
+            queue.append(item)
+            if inbox._waiting_readers:
+                inbox._wake_reader()
+        else:
+            inbox.send_nowait(item)
         self._published += 1
 
     async def publish(self, item: T) -> None:

@@ -61,6 +61,10 @@ class BusCore:
     room: Callable[[], int] = attrs.field(init=False)
     #: The trio run (so the thread) the bus lives in: only its tasks may call the bus.
     run: trio.lowlevel.TrioToken = attrs.field(init=False, factory=current_run)
+    #: trio's runner object for that run, compared on the emit hot path (see ``_run.emit``).
+    runner: object = attrs.field(
+        init=False, factory=lambda: getattr(trio.lowlevel.current_task(), "_runner", None)
+    )
 
     def __attrs_post_init__(self) -> None:
         self.room = self.router.free

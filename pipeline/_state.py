@@ -30,11 +30,10 @@ from ._event import (
     SEQ_GAP,
     Event,
     annotation_kind,
-    checked_data,
     checked_stream,
     make_event,
 )
-from ._frozen import FrozenDict, frozen_value
+from ._frozen import FrozenDict, frozen_data, frozen_value
 
 __all__ = [
     "MAX_EVENTS_PER_EMIT",
@@ -67,7 +66,7 @@ def checked_input(
         raise InvalidEvent(f"stream {stream!r} is published by the bus, not by run bodies")
     if session_key is not None and not isinstance(session_key, str):
         raise InvalidEvent(f"session_key must be a str or None, not {session_key!r}")
-    frozen = checked_data(data)
+    frozen = frozen_data(data)
     if stream == "error" and frozen.get("reason") == SEQ_GAP:
         raise InvalidEvent(f"an error with reason {SEQ_GAP!r} is the bus's own (ingest)")
     return stream, frozen

@@ -23,6 +23,8 @@ from ._core import WRONG_THREAD
 from ._event import DROPPED_STREAM, Event, make_event
 from ._frozen import FrozenDict
 
+_current_task = trio.lowlevel.current_task
+
 __all__ = [
     "BUS_CLOSED",
     "ROUTER_STOPPED",
@@ -71,14 +73,39 @@ class Subscription:
     _run: trio.lowlevel.TrioToken
     #: The reader's bound method, looked up once: reading is the hot path.
     _take: Callable[[], Event | Dropped] = attrs.field(init=False)
+    #: The trio runner of the bus's run, compared on the hot path (trio's own object).
+    _runner: object = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._take = self._reader.receive_nowait
+        self._runner = getattr(_current_task(), "_runner", None)
 
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> Event:
+        # The hot path of every subscriber, so its two checks (this task belongs to the bus's
+        # trio run; no cancellation is pending) and a read from the shared log are inlined
+        # here; anything unusual takes the general path below.
+        try:
+            task = _current_task()
+            fast = task._runner is self._runner and not task._cancel_status.effectively_cancelled
+        except (RuntimeError, AttributeError):
+            fast = False
+        reader = self._reader
+        if fast and reader.attached:
+            group = reader.group
+            pos = reader.pos
+            if pos < group.end:
+                reader.pos = pos + 1
+                reader.log_reads += 1
+                event = group.items[pos - group.base]
+                if pos + 1 == group.end and len(group.members) == 1:
+                    group.caught_up()
+                return event  # a shared log holds events only, never drop markers
+        return await self._next()
+
+    async def _next(self) -> Event:
         if cancel_requested_in(self._run, WRONG_THREAD):
             await trio.lowlevel.checkpoint()
         try:

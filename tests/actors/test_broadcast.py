@@ -203,5 +203,5 @@ class TestSharedLog:
             router.publish_nowait(item)
             await trio.testing.wait_all_tasks_blocked()
             reader.receive_all_nowait()
-            assert len(member.group._items) <= 4
+            assert len(member.group.items) <= 4
         assert not member.attached  # it never read: it spilled
