@@ -1,4 +1,4 @@
-"""``python -m pipeline``: the command line (demo, bench, soak)."""
+"""``python -m pipeline``: the command line (``demo``)."""
 
 from ._cli import main
 
