@@ -127,6 +127,19 @@ class Group(Generic[T]):
         low = min((m.pos for m in self.members), default=self.end)
         return self.capacity - (self.end - low)
 
+    def cut_off(self, reason: str) -> None:
+        """Disconnect every attached member, as :meth:`Mailbox.disconnect` would: what it has
+        not read is discarded (counted as dropped) and its reads end at once."""
+        for member in list(self.members):
+            del self.members[member]
+            member.attached = False
+            mailbox = member.own_mailbox()
+            mailbox.preload(self.items[member.pos - self.base :])
+            mailbox.disconnect(reason)
+        self.items.clear()
+        self.base = self._low = self.end
+        self.close(reason)
+
     def close(self, reason: str | None) -> None:
         if self.open:
             self.open = False

@@ -572,8 +572,8 @@ class Router(Generic[T]):
 
     def _drop(self, subscriber: Subscriber[T]) -> None:
         group = subscriber.group
-        if group is not None:  # its filter failed: every member is cut off
-            group.close(SUBSCRIBER_FAILED)
+        if group is not None:  # its filter failed: every member is cut off, as a mailbox is
+            group.cut_off(SUBSCRIBER_FAILED)
             self._close_group(group)
             return
         if not subscriber.mailbox.closed:
@@ -619,8 +619,10 @@ class Router(Generic[T]):
         """
         for subscriber in self.subscribers():
             subscriber.mailbox.close(reason)
-        for group in self._groups.values():
+        for group in list(self._groups.values()):
+            # Its members read what is logged, then the end; a later join starts a new group.
             group.close(reason)
+            self._close_group(group)
 
     def statistics(self) -> RouterStatistics:
         live: list[MailboxStatistics] = [

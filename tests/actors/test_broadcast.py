@@ -205,3 +205,75 @@ class TestSharedLog:
             reader.receive_all_nowait()
             assert len(member.group.items) <= 4
         assert not member.attached  # it never read: it spilled
+
+
+class TestGroupsEndLikeMailboxes:
+    """Found by review: two ways a group ended unlike one mailbox per subscriber."""
+
+    async def test_a_group_whose_filter_fails_discards_what_its_members_had_not_read(
+        self, nursery: trio.Nursery
+    ) -> None:
+        def flaky(item: int) -> bool:
+            if item == 99:
+                raise ValueError("filter bug")
+            return True
+
+        async def scenario(shared: bool) -> tuple[object, ...]:
+            router = new_router()
+            await nursery.start(router.serve)
+            reader: Any
+            if shared:
+                reader = router.join("k", capacity=4, accepts=flaky)
+            else:
+                reader = Mailbox(4)
+                router.subscribe(reader, flaky)
+            for item in (1, 2, 99):
+                router.publish_nowait(item)
+            await trio.testing.wait_all_tasks_blocked()
+            stats = router.statistics()
+            return (read(reader, "all"), reader.closed_reason, stats.drops, stats.subscribers)
+
+        with trio.fail_after(5):
+            assert (
+                await scenario(True)
+                == await scenario(False)
+                == (
+                    "end",
+                    "subscriber failed",
+                    2,
+                    0,
+                )
+            )
+
+    async def test_closing_the_subscribers_stops_a_group_and_a_later_join_gets_new_items(
+        self, nursery: trio.Nursery
+    ) -> None:
+        async def scenario(shared: bool) -> tuple[object, ...]:
+            router = new_router()
+            await nursery.start(router.serve)
+
+            def subscribe() -> Any:
+                if shared:
+                    return router.join("k", capacity=4)
+                mailbox: Mailbox[int] = Mailbox(4)
+                router.subscribe(mailbox)
+                return mailbox
+
+            first = subscribe()
+            router.publish_nowait(1)
+            await trio.testing.wait_all_tasks_blocked()
+            router.close_subscribers("cut")
+            router.publish_nowait(2)
+            await trio.testing.wait_all_tasks_blocked()
+            second = subscribe()
+            router.publish_nowait(3)
+            await trio.testing.wait_all_tasks_blocked()
+            return (
+                [read(first, "one") for _ in range(2)],
+                first.closed_reason,
+                [read(second, "one") for _ in range(2)],
+                second.closed_reason,
+            )
+
+        with trio.fail_after(5):
+            assert await scenario(True) == await scenario(False)
