@@ -33,6 +33,7 @@ import trio
 
 from ._broadcast import Group, Member
 from ._mailbox import SLOW_CONSUMER, Mailbox, MailboxStatistics, Overflow
+from ._subscriber import IndexEntry, RouterStatistics, Subscriber
 
 __all__ = [
     "ROUTER_STOPPED",
@@ -61,47 +62,6 @@ _CUT_OFF = frozenset({SLOW_CONSUMER, SUBSCRIBER_FAILED})
 
 #: How many items the router fans out before it lets other tasks (the readers) run.
 BATCH = 64
-
-
-@attrs.frozen
-class RouterStatistics:
-    """A snapshot of the router's counters, summed over current and past subscribers."""
-
-    #: Items accepted into the inbox.
-    published: int
-    #: Items waiting in the inbox.
-    queued: int
-    #: Items subscribers have read.
-    deliveries: int
-    #: Items lost to subscribers' overflow policies or discarded by disconnects.
-    drops: int
-    #: Subscribers cut off: as slow consumers, or because their filter or mailbox failed.
-    disconnects: int
-    #: Subscribers attached now.
-    subscribers: int
-
-
-#: An index entry: (dimension, key), the dimension being a position in what ``keys`` returns.
-IndexEntry = tuple[int, Hashable]
-
-
-@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
-class Subscriber(Generic[T]):
-    """One attachment to a router: a filter and the mailbox items go to."""
-
-    mailbox: Mailbox[T]
-    #: ``None`` accepts everything (and skips the call on the hot path).
-    accepts: Callable[[T], bool] | None = None
-    #: The inbox position of the first item this subscriber may see.
-    starts_at: int = 0
-    #: Where the router's index files it; ``None``: offered every item.
-    index: IndexEntry | None = None
-    #: Set for a group's attachment: items go to the group's shared log, not to ``mailbox``.
-    group: Group[T] | None = None
-    #: Set for the own mailbox of a group member that spilled (its counters are the member's).
-    member: Member[T] | None = None
-    #: Order of joining: full ``BLOCK`` subscribers are waited for in this order.
-    number: int = 0
 
 
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)

@@ -1,0 +1,58 @@
+"""The router's records: one attachment (:class:`Subscriber`) and the counters' snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import attrs
+
+from ._mailbox import Mailbox
+
+if TYPE_CHECKING:
+    from ._broadcast import Group, Member
+
+__all__ = ["IndexEntry", "RouterStatistics", "Subscriber"]
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class RouterStatistics:
+    """A snapshot of the router's counters, summed over current and past subscribers."""
+
+    #: Items accepted into the inbox.
+    published: int
+    #: Items waiting in the inbox.
+    queued: int
+    #: Items subscribers have read.
+    deliveries: int
+    #: Items lost to subscribers' overflow policies or discarded by disconnects.
+    drops: int
+    #: Subscribers cut off: as slow consumers, or because their filter or mailbox failed.
+    disconnects: int
+    #: Subscribers attached now.
+    subscribers: int
+
+
+#: An index entry: (dimension, key), the dimension being a position in what ``keys`` returns.
+IndexEntry = tuple[int, Hashable]
+
+
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
+class Subscriber(Generic[T]):
+    """One attachment to a router: a filter and the mailbox items go to."""
+
+    mailbox: Mailbox[T]
+    #: ``None`` accepts everything (and skips the call on the hot path).
+    accepts: Callable[[T], bool] | None = None
+    #: The inbox position of the first item this subscriber may see.
+    starts_at: int = 0
+    #: Where the router's index files it; ``None``: offered every item.
+    index: IndexEntry | None = None
+    #: Set for a group's attachment: items go to the group's shared log, not to ``mailbox``.
+    group: Group[T] | None = None
+    #: Set for the own mailbox of a group member that spilled (its counters are the member's).
+    member: Member[T] | None = None
+    #: Order of joining: full ``BLOCK`` subscribers are waited for in this order.
+    number: int = 0
