@@ -44,6 +44,9 @@ class Phase(enum.Enum):
     GRACE = "grace"
     #: Events come from ``Bus.ingest``; it ends on a terminal lifecycle event or when idle.
     TRACKING = "tracking"
+    #: The retry grace expired; its chat error is going out. A retry under the same id waits
+    #: for the run to end, then starts a new run (so the two runs' events never interleave).
+    CLOSING = "closing"
     ENDED = "ended"
 
 
@@ -114,6 +117,8 @@ class _Rare:
     ended_at: int | None = None
     #: The terminal lifecycle data seen by a tracked run.
     tracked_terminal: Mapping[str, Any] | None = None
+    #: Set when a closing run has ended (see ``Phase.CLOSING``).
+    ended: trio.Event | None = None
 
 
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP, weakref_slot=False)
@@ -237,8 +242,21 @@ class RunActor:
         """The run has ended: drop its state's buffers and the scope."""
         self.phase = Phase.ENDED
         self._scope = None
+        if self._rare is not None and self._rare.ended is not None:
+            self._rare.ended.set()
         self._rare = None
         self.state.clear()
+
+    def close_grace(self) -> None:
+        """The retry grace expired: no retry may resume the run any more (``Phase.CLOSING``)."""
+        self.phase = Phase.CLOSING
+        self._more().ended = trio.Event()
+
+    async def wait_ended(self) -> None:
+        """Wait until a closing run has ended."""
+        ended = None if self._rare is None else self._rare.ended
+        if self.phase is Phase.CLOSING and ended is not None:
+            await ended.wait()
 
     # ---- publishing --------------------------------------------------------------------------
 

@@ -89,6 +89,8 @@ class BusCore:
         self.check_open()
         actor = self.runs.get(run_id)
         if actor is not None:
+            if actor.phase is Phase.CLOSING and phase is Phase.RUNNING:
+                raise RunClosing(actor)
             if actor.phase is not Phase.GRACE or phase is not Phase.RUNNING:
                 raise RunAlreadyActive(f"run {run_id!r} is live")
             actor.resume(context)
@@ -104,11 +106,6 @@ class BusCore:
         self.runs[run_id] = actor
         self.counters.runs_started += 1
         return actor
-
-    def unindex(self, actor: RunActor) -> None:
-        """Take ``actor`` out of the index (its id is free again) before it has ended."""
-        if self.runs.get(actor.id) is actor:
-            del self.runs[actor.id]
 
     def release(self, actor: RunActor) -> None:
         """End ``actor``'s run and drop its index entry; nothing of it stays in the bus."""
@@ -141,3 +138,12 @@ class BusCore:
     async def wait_all_ended(self) -> None:
         if self.runs:
             await self._all_ended.wait()
+
+
+class RunClosing(RunAlreadyActive):
+    """A run under this id is closing (its expired grace's chat error is going out): a new
+    run under the id has to wait for it (``BodyPhase.claim`` does)."""
+
+    def __init__(self, actor: RunActor) -> None:
+        super().__init__(f"run {actor.id!r} is closing")
+        self.actor = actor

@@ -26,7 +26,7 @@ from actors import cancel_requested_in
 
 from ._actor import RUNNING, Phase, RunActor
 from ._config import RunContext
-from ._core import WRONG_THREAD, BusCore
+from ._core import WRONG_THREAD, BusCore, RunClosing
 from ._errors import BusClosed, UnknownRun
 from ._event import Event
 from ._state import MAX_EVENTS_PER_EMIT, MAX_TERMINAL_EVENTS, checked_input, epoch_ms
@@ -240,11 +240,16 @@ class BodyPhase:
         if cancel_requested_in(core.run, WRONG_THREAD):
             await trio.lowlevel.checkpoint()
         core.check_open()
-        if core.room() < MAX_EVENTS_PER_EMIT:
-            await core.wait_room(MAX_EVENTS_PER_EMIT)
-        # From here on nothing awaits: the claim and the start event are one step, so the
-        # room checked above is still there.
-        actor = self.actor = core.claim(run_id, context, Phase.RUNNING)
+        while True:
+            if core.room() < MAX_EVENTS_PER_EMIT:
+                await core.wait_room(MAX_EVENTS_PER_EMIT)
+            # From here on nothing awaits: the claim and the start event are one step, so
+            # the room checked above is still there.
+            try:
+                actor = self.actor = core.claim(run_id, context, Phase.RUNNING)
+                break
+            except RunClosing as closing:  # a new run waits for the closing one to end
+                await closing.actor.wait_ended()
         try:
             actor.publish_start()
         except BaseException:
@@ -450,10 +455,10 @@ async def keep_for_retry(core: BusCore, actor: RunActor, wakeup: trio.Event) -> 
             await wakeup.wait()
     finally:
         if actor.in_grace(wakeup):  # else a retry took the run over
-            if not core.closing:
-                # The grace is over: a retry from now on starts a new run, even while the chat
-                # error below waits for room (it used to claim this one and then lose it).
-                core.unindex(actor)
+            # The grace is over: a retry from now on waits for this run to end and starts a new
+            # one, even while the chat error below waits for room (it used to resume this
+            # run, which was then released under it).
+            actor.close_grace()
             try:
                 await _publish_shielded(core, actor.publish_chat_error)
             finally:

@@ -253,7 +253,7 @@ async def parked(run: pl.Run) -> None:
 
 
 class TestRetryAsTheGraceExpires:
-    async def test_a_retry_while_the_expired_grace_publishes_its_chat_error_starts_a_new_run(
+    async def test_a_retry_while_the_expired_grace_publishes_its_chat_error_waits_and_starts_anew(
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
         """Found by the chaos test: the retry used to resume the expiring run, which the grace
@@ -271,10 +271,20 @@ class TestRetryAsTheGraceExpires:
                         await bus.emit(filler.id, "assistant", {"delta": "x"})
                         await trio.testing.wait_all_tasks_blocked()
                     await trio.sleep(1.5)  # the grace expires; its chat error waits for room
-                    retry = await bus.start_run(finishing, run_id="r1")
+                    handles: list[pl.RunHandle] = []
+                    started = trio.Event()
+
+                    async def retry() -> None:
+                        handles.append(await bus.start_run(finishing, run_id="r1"))
+                        started.set()
+
                     async with trio.open_nursery() as nursery:
+                        nursery.start_soon(retry)
+                        await trio.testing.wait_all_tasks_blocked()
+                        assert handles == []  # the retry waits for the closing run to end
                         nursery.start_soon(drain, stuck)
-                        outcome = await retry.wait()
+                        await started.wait()
+                        outcome = await handles[0].wait()
                         filler.abort()
                         nursery.cancel_scope.cancel()
         assert (outcome.status, outcome.exception) == ("ok", None)
