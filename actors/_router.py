@@ -15,25 +15,27 @@ with ``keys`` (a function giving an item's key in each of a few dimensions, such
 and its session) keeps an index: a subscriber attached with ``index=(dimension, key)`` is
 offered only the items with that key in that dimension, found with one dict lookup per
 dimension; its ``accepts`` filter then checks the rest. Subscribers without an index entry are
-offered everything.
-
-:meth:`Router.flush_nowait` lets a publisher route what is queued from its own task, for items
-that should not wait for the router task's turn in the scheduler (an abort's terminal event).
+offered everything. Subscribers with equal filters can share one log (:meth:`Router.join`).
 """
 
 from __future__ import annotations
 
 import logging
-import operator
 from collections.abc import Callable, Hashable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import attrs
 import trio
 
 from ._broadcast import Group, Member
-from ._mailbox import SLOW_CONSUMER, Mailbox, MailboxStatistics, Overflow
-from ._subscriber import IndexEntry, RouterStatistics, Subscriber
+from ._mailbox import SLOW_CONSUMER, Mailbox, MailboxStatistics, Overflow, _never_droppable
+from ._subscriber import (
+    GROUP_MAILBOX,
+    JOINING_ORDER,
+    IndexEntry,
+    RouterStatistics,
+    Subscriber,
+)
 
 __all__ = [
     "ROUTER_STOPPED",
@@ -53,10 +55,6 @@ SUBSCRIBER_FAILED = "subscriber failed"
 #: ``closed_reason`` of every subscriber when the router task ended without :meth:`close`
 #: (it was cancelled, or failed with a bug, which is logged by its supervisor).
 ROUTER_STOPPED = "router stopped"
-#: The mailbox slot of a group's attachment, which items never reach (they go to its log).
-_GROUP_MAILBOX: Mailbox[Any] = Mailbox(1)
-_GROUP_MAILBOX.close()
-
 #: Reasons a subscriber was cut off rather than closed: counted as disconnects.
 _CUT_OFF = frozenset({SLOW_CONSUMER, SUBSCRIBER_FAILED})
 
@@ -297,7 +295,7 @@ class Router(Generic[T]):
         index: IndexEntry | None,
     ) -> None:
         group.subscriber = Subscriber(
-            _GROUP_MAILBOX, accepts, starts_at=self._published, index=index, group=group
+            GROUP_MAILBOX, accepts, starts_at=self._published, index=index, group=group
         )
         self._groups[group.key] = group
         self._file(group.subscriber)
@@ -544,7 +542,7 @@ class Router(Generic[T]):
         """Wait for room at each full ``BLOCK`` subscriber, up to its ``block_timeout``, in
         the order they subscribed."""
         if len(owed) > 1:
-            owed.sort(key=_JOINING_ORDER)
+            owed.sort(key=JOINING_ORDER)
         for subscriber in owed:
             try:
                 await subscriber.mailbox.send(item)
@@ -599,10 +597,3 @@ class Router(Generic[T]):
             subscribers=len(live)
             + sum(m.attached or m.subscriber is not None for m in self._members),
         )
-
-
-def _never_droppable(item: object) -> bool:
-    return False
-
-
-_JOINING_ORDER = operator.attrgetter("number")

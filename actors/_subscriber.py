@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
@@ -12,7 +13,7 @@ from ._mailbox import Mailbox
 if TYPE_CHECKING:
     from ._broadcast import Group, Member
 
-__all__ = ["IndexEntry", "RouterStatistics", "Subscriber"]
+__all__ = ["GROUP_MAILBOX", "JOINING_ORDER", "IndexEntry", "RouterStatistics", "Subscriber"]
 
 T = TypeVar("T")
 
@@ -56,3 +57,11 @@ class Subscriber(Generic[T]):
     member: Member[T] | None = None
     #: Order of joining: full ``BLOCK`` subscribers are waited for in this order.
     number: int = 0
+
+
+#: The mailbox slot of a group's attachment, which items never reach (they go to its log).
+GROUP_MAILBOX: Mailbox[Any] = Mailbox(1)
+GROUP_MAILBOX.close()
+
+#: The order in which full ``BLOCK`` subscribers are waited for: the order they joined.
+JOINING_ORDER = operator.attrgetter("number")
