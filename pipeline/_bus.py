@@ -183,6 +183,20 @@ class Bus:
         state.context = state.context.updated(**fields)
         return state.context
 
+    def live_runs(self, *, session_key: str | None = None) -> dict[str, RunContext]:
+        """The live runs (running, in retry grace, or tracked from ingest) and their contexts,
+        only those whose context names ``session_key`` when it is given.
+
+        A snapshot, O(live runs): for control paths (abort every run of a session, check which
+        session a run belongs to), not for the event path.
+        """
+        self._core.check_thread()
+        return {
+            run_id: actor.context
+            for run_id, actor in self._core.runs.items()
+            if session_key is None or actor.context.session_key == session_key
+        }
+
     def _live(self, run_id: str) -> RunActor:
         actor = self._core.runs.get(run_id)
         if actor is None:

@@ -338,3 +338,20 @@ class TestLimits:
                     run.emit_nowait("assistant", {"delta": "3"})
                 event = await run.emit("assistant", {"delta": "3"})
         assert event.seq == 4
+
+
+async def test_live_runs_lists_the_running_runs_of_one_session_and_forgets_ended_ones() -> None:
+    async with pl.open_bus() as bus:
+        release = trio.Event()
+
+        async def body(run: pl.Run) -> None:
+            await release.wait()
+
+        a = await bus.start_run(body, run_id="a", context=pl.RunContext(session_key="s1"))
+        await bus.start_run(body, run_id="b", context=pl.RunContext(session_key="s2"))
+        assert set(bus.live_runs()) == {"a", "b"}
+        assert list(bus.live_runs(session_key="s1")) == ["a"]
+        assert bus.live_runs(session_key="s1")["a"].session_key == "s1"
+        release.set()
+        await a.wait()
+        assert bus.live_runs(session_key="s1") == {}
