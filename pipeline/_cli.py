@@ -1,4 +1,4 @@
-"""The trio-agent-bus command line: python -m pipeline demo.
+"""The trio-agent-bus command line: python -m pipeline demo | serve.
 
 Run "python -m pipeline COMMAND --help" for what one command does and its
 options.
@@ -21,6 +21,7 @@ __all__ = ["main"]
 #: subcommand -> (module, help)
 _COMMANDS = {
     "demo": ("pipeline._demo", "run a simulated agent gateway workload and print a summary"),
+    "serve": ("pipeline._serve", "serve the bus to UI and chat clients (WebSocket, SSE, AG-UI)"),
 }
 
 

@@ -1,0 +1,242 @@
+"""Event streams over plain HTTP: Server-Sent Events of a session, and AG-UI (GATEWAY 1.6).
+
+Each stream is a chunked ``text/event-stream`` response written through the client's
+:class:`~._wire.Outbox`, fed by a ``DROP_OLDEST`` bus subscription filtered on one session
+(or one run, for ``POST /agui``). A watcher task notices the client hanging up. A slow client
+is cut off (an event stream has no close frame to send; its next ``EventSource`` reconnect
+resumes with ``Last-Event-ID``).
+
+SSE ids: an agent event's id is ``runId:seq``; an annotation sharing its cause's seq (a chat
+event, a seq-gap report) adds its kind, ``runId:seq:final``, so every id names one event and
+``Last-Event-ID`` resumes right after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Iterable
+
+import h11
+import trio
+from ag_ui.core import BaseEvent
+
+from actors import Overflow
+
+from .. import _event
+from .._event import Event
+from ._agui import AguiTranslator, encode, last_user_message, parse_run_input
+from ._http import Request, respond, response_head, stream_chunk
+from ._hub import Hub, RunRefused
+from ._replay import Deduper, Entry
+from ._tokens import READ, WRITE, Grant
+from ._wire import ClientGone, Outbox, SlowConsumer
+
+__all__ = ["event_id", "serve_agui_run", "serve_agui_session", "serve_session_events"]
+
+_SSE = "text/event-stream; charset=utf-8"
+
+
+def event_id(event: Event) -> str:
+    """The SSE id of ``event`` (see the module docstring)."""
+    kind = _event.annotation_kind(event)
+    base = f"{event.run_id}:{event.seq}"
+    return base if kind is None else f"{base}:{kind}"
+
+
+def _sse(name: str, data: str, ident: str | None = None) -> bytes:
+    head = f"id: {ident}\n" if ident is not None else ""
+    return f"{head}event: {name}\ndata: {data}\n\n".encode()
+
+
+async def _stream(
+    hub: Hub, sock: trio.socket.SocketType, outbox: Outbox, feed: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``feed`` (which queues chunks) with a writer and a hang-up watcher until one ends."""
+
+    async def watch() -> None:
+        try:
+            while await sock.recv(1024):
+                pass
+        except OSError:
+            pass
+
+    async def write() -> None:
+        try:
+            await outbox.run_writer()
+        except SlowConsumer:
+            hub.counters.slow_consumer_closes += 1
+        except ClientGone:
+            pass
+
+    hub.counters.event_streams += 1
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def first_to_end(fn: Callable[[], Awaitable[None]]) -> None:
+                await fn()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first_to_end, watch)
+            nursery.start_soon(first_to_end, write)
+            nursery.start_soon(first_to_end, feed)
+    finally:
+        hub.counters.event_streams -= 1
+        # The last chunk (a stream's end, if the feed finished) goes out within close_timeout.
+        await outbox.finish(None, hub.config.close_timeout)
+        hub.counters.bytes_sent += outbox.bytes_sent
+
+
+def _resume_point(last_event_id: str | None) -> tuple[str, int, str] | None:
+    """``(run id, seq, kind)`` from a ``Last-Event-ID`` (kind ``""`` for an agent event)."""
+    if not last_event_id:
+        return None
+    head, _, tail = last_event_id.rpartition(":")
+    kind = ""
+    if not tail.isdigit():
+        kind = tail
+        head, _, tail = head.rpartition(":")
+    if not head or not tail.isdigit():
+        return None
+    return head, int(tail), kind
+
+
+def _after(entries: Iterable[Entry], point: tuple[str, int, str]) -> tuple[list[Entry], bool]:
+    """The entries after the one ``point`` names, and whether it was found."""
+    entries = list(entries)
+    run_id, seq, kind = point
+    for index, entry in enumerate(entries):
+        event = entry.event
+        same_run = event.run_id == run_id and event.seq == seq
+        if same_run and (_event.annotation_kind(event) or "") == kind:
+            return entries[index + 1 :], True
+    return entries, False
+
+
+async def serve_session_events(
+    hub: Hub, sock: trio.socket.SocketType, outbox: Outbox, request: Request, key: str
+) -> None:
+    """``GET /sessions/{key}/events``: the session's events as SSE, resumable."""
+    point = _resume_point(request.headers.get("last-event-id") or request.query.get("lastEventId"))
+    subscription = hub.bus.subscribe(
+        session_key=key, overflow=Overflow.DROP_OLDEST, buffer=hub.config.client_buffer
+    )
+    async with subscription as sub:
+        outbox.put(response_head(request, 200, _SSE, {"x-accel-buffering": "no"}))
+        outbox.put(stream_chunk(request, b": connected\n\n"))
+        dedupe = Deduper()
+        if point is not None:
+            await hub.recorder.wait_caught_up()
+            entries, found = _after(hub.replay.session(key), point)
+            record = hub.replay.run(point[0])
+            if not found and record is not None and record.forgotten_through >= point[1]:
+                hub.counters.resyncs += 1
+                snapshot = {"sessionKey": key, "runId": point[0], "chat": None}
+                text = json.dumps(snapshot)
+                if record.chat is not None:
+                    text = text[:-5] + record.chat + "}"
+                outbox.put(stream_chunk(request, _sse("resync", text)))
+            for entry in entries:
+                dedupe.sent(entry.event)
+                outbox.put(stream_chunk(request, _frame(entry.event, entry.payload)))
+
+        async def feed() -> None:
+            async for batch in sub.batches():
+                for event in batch:
+                    if event.stream == _event.DROPPED_STREAM:
+                        count = event.data["count"]
+                        hub.counters.events_dropped += count
+                        gap = json.dumps({"sessionKey": key, "dropped": count})
+                        outbox.put(stream_chunk(request, _sse("gap", gap)))
+                    elif not dedupe.is_duplicate(event):
+                        hub.counters.frames_sent += 1
+                        chunk = _frame(event, hub.payloads.payload(event))
+                        outbox.put(stream_chunk(request, chunk))
+                if not outbox.has_room():
+                    await outbox.wait_room()
+
+        await _stream(hub, sock, outbox, _guarded(feed))
+
+
+def _frame(event: Event, payload: str) -> bytes:
+    name = "chat" if event.stream == _event.CHAT else "agent"
+    return _sse(name, payload, event_id(event))
+
+
+def _guarded(feed: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``feed``, ending quietly when the client's outbox overflows (a slow consumer)."""
+
+    async def run() -> None:
+        with contextlib.suppress(SlowConsumer):
+            await feed()
+
+    return run
+
+
+async def serve_agui_session(
+    hub: Hub, sock: trio.socket.SocketType, outbox: Outbox, request: Request, key: str
+) -> None:
+    """``GET /sessions/{key}/agui``: the session's runs as an AG-UI event stream."""
+    subscription = hub.bus.subscribe(
+        session_key=key, overflow=Overflow.DROP_OLDEST, buffer=hub.config.client_buffer
+    )
+    async with subscription as sub:
+        outbox.put(response_head(request, 200, _SSE))
+        translator = AguiTranslator(thread_id=key)
+
+        async def feed() -> None:
+            async for batch in sub.batches():
+                for event in batch:
+                    _put_agui(outbox, request, translator.translate(event.to_wire()))
+                if not outbox.has_room():
+                    await outbox.wait_room()
+
+        await _stream(hub, sock, outbox, _guarded(feed))
+
+
+async def serve_agui_run(
+    hub: Hub, sock: trio.socket.SocketType, outbox: Outbox, request: Request, grant: Grant
+) -> bytes | None:
+    """``POST /agui``: start a run of the agent from a ``RunAgentInput``; stream its AG-UI
+    events until it ends. Returns an error response instead when the run cannot start."""
+    try:
+        run_input = parse_run_input(request.body)
+    except ValueError as exc:
+        return respond(request, 400, _error("bad_request", str(exc)))
+    key = run_input.thread_id
+    if not grant.allows(key, WRITE) or not grant.allows(key, READ):
+        return respond(request, 403, _error("forbidden", f"this token may not run in {key!r}"))
+    subscription = hub.bus.subscribe(
+        run_id=run_input.run_id, overflow=Overflow.DROP_OLDEST, buffer=hub.config.client_buffer
+    )
+    async with subscription as sub:
+        try:
+            await hub.start_agent_run(
+                key, last_user_message(run_input), run_id=run_input.run_id, idempotency_key=None
+            )
+        except RunRefused as exc:
+            return respond(request, 409, _error("unavailable", str(exc)))
+        outbox.put(response_head(request, 200, _SSE))
+        translator = AguiTranslator(thread_id=key)
+
+        async def feed() -> None:
+            async for batch in sub.batches():
+                for event in batch:
+                    _put_agui(outbox, request, translator.translate(event.to_wire()))
+                if translator.done:
+                    outbox.put(request.conn.send(h11.EndOfMessage()) or b"")
+                    return
+                if not outbox.has_room():
+                    await outbox.wait_room()
+
+        await _stream(hub, sock, outbox, _guarded(feed))
+    return None
+
+
+def _put_agui(outbox: Outbox, request: Request, events: list[BaseEvent]) -> None:
+    for event in events:
+        outbox.put(stream_chunk(request, encode(event)))
+
+
+def _error(code: str, message: str) -> dict[str, object]:
+    return {"error": {"code": code, "message": message}}

@@ -1,0 +1,88 @@
+"""A small test client of the gateway's WebSocket protocol, on trio-websocket."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+__all__ = ["WsClient", "connect", "open_ws"]
+
+
+@attrs.define(eq=False)
+class WsClient:
+    """A connected client: requests get their response; events queue up in order."""
+
+    ws: WebSocketConnection
+    hello: dict[str, Any] = attrs.field(factory=dict)
+    events: list[dict[str, Any]] = attrs.field(factory=list)
+    _ids: Any = attrs.field(factory=lambda: itertools.count(1))
+
+    async def frame(self) -> dict[str, Any]:
+        frame: dict[str, Any] = json.loads(await self.ws.get_message())
+        return frame
+
+    async def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send a request and return its response frame; events read meanwhile are kept."""
+        request_id = str(next(self._ids))
+        frame = {"type": "req", "id": request_id, "method": method, "params": params or {}}
+        await self.ws.send_message(json.dumps(frame))
+        while True:
+            got = await self.frame()
+            if got["type"] == "res" and got["id"] == request_id:
+                return got
+            self.events.append(got)
+
+    async def event(self) -> dict[str, Any]:
+        """The next event frame (queued ones first)."""
+        if self.events:
+            return self.events.pop(0)
+        while True:
+            got = await self.frame()
+            if got["type"] == "event":
+                return got
+
+    async def events_until(self, done: Any) -> list[dict[str, Any]]:
+        """Event frames up to and including the first for which ``done(frame)`` is true."""
+        seen = []
+        while True:
+            frame = await self.event()
+            seen.append(frame)
+            if done(frame):
+                return seen
+
+
+def is_terminal(frame: dict[str, Any], run_id: str | None = None) -> bool:
+    """Whether ``frame`` is an ``agent`` lifecycle end/error (of ``run_id`` when given)."""
+    if frame.get("event") != "agent":
+        return False
+    payload = frame["payload"]
+    if run_id is not None and payload["runId"] != run_id:
+        return False
+    return payload["stream"] == "lifecycle" and payload["data"]["phase"] in ("end", "error")
+
+
+@asynccontextmanager
+async def open_ws(url: str) -> AsyncIterator[WebSocketConnection]:
+    ws_url = url.replace("http://", "ws://") + "/ws"
+    async with open_websocket_url(ws_url) as ws:
+        yield ws
+
+
+@asynccontextmanager
+async def connect(url: str, token: str) -> AsyncIterator[WsClient]:
+    """Connect, answer the challenge with ``token``, and yield the client after hello-ok."""
+    async with open_ws(url) as ws:
+        client = WsClient(ws)
+        challenge = await client.frame()
+        assert challenge["event"] == "connect.challenge"
+        response = await client.request("connect", {"auth": {"token": token}})
+        assert response["ok"], response
+        client.hello = response["payload"]
+        yield client
+
