@@ -217,7 +217,7 @@ async def serve_agui_run(
         except RunRefused as exc:
             return respond(request, 409, _error("unavailable", str(exc)))
         outbox.put(response_head(request, 200, _SSE))
-        translator = AguiTranslator(thread_id=key)
+        translator = AguiTranslator(thread_id=key, run_id=run_input.run_id)
 
         async def feed() -> None:
             async for batch in sub.batches():
