@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench bench-quick soak clean
+.PHONY: demo serve test lint bench bench-quick soak clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,20 @@ $(VENV)/.test: $(VENV)/.base
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+$(VENV)/.gateway: $(VENV)/.base
+	$(PY) -m pip install -q -e '.[gateway]'
+	touch $@
+
 $(VENV)/.bench: $(VENV)/.base
 	$(PY) -m pip install -q -e '.[bench]'
 	touch $@
 
 demo: $(VENV)/.base
 	$(PY) -m pipeline demo
+
+# The gateway with simulated agents: open the printed viewer URL (it carries the admin token).
+serve: $(VENV)/.gateway
+	$(PY) -m pipeline serve --simulate
 
 lint: $(VENV)/.test
 	$(PY) -m ruff check .
