@@ -171,10 +171,22 @@ class Bus:
 
     def abort(self, run_id: str, *, reason: str = "rpc") -> bool:
         """Cancel a live run's body (or end its retry grace); False if no such live run."""
-        self._core.check_thread()
+        core = self._core
+        core.check_thread()
         reason = _reason(reason)
+        actor = core.runs.get(run_id)
+        if actor is None:
+            return False
+        if actor.phase is Phase.TRACKING and core.remote_abort is not None:
+            return core.remote_abort(run_id, reason)
+        return actor.abort(reason)
+
+    def _end_tracked(self, run_id: str, reason: str) -> bool:
+        """End a run tracked from ingest here and now, as aborted with ``reason``, whoever
+        owns it (a cluster node does this for the runs of a node that was lost)."""
+        self._core.check_thread()
         actor = self._core.runs.get(run_id)
-        return actor is not None and actor.abort(reason)
+        return actor is not None and actor.phase is Phase.TRACKING and actor.abort(reason)
 
     def update_context(self, run_id: str, **fields: Any) -> RunContext:
         """Change only the given context fields of a live run; later events see the change."""

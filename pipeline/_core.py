@@ -49,6 +49,9 @@ class BusCore:
     #: The only index of runs: live run id -> live actor.
     runs: dict[str, RunActor] = attrs.field(factory=dict)
     closing: bool = False
+    #: Set by a cluster node (``pipeline.cluster``): aborting a run tracked from ingest asks
+    #: the node that owns it, instead of ending the tracked copy here (GATEWAY 2).
+    remote_abort: Callable[[str, str], bool] | None = None
     _all_ended: trio.Event = attrs.field(factory=trio.Event)
     #: The trio clock of the run the bus lives in (a MockClock in tests), looked up once, and
     #: the idle deadlines every run of the bus shares.
