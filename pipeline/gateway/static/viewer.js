@@ -212,8 +212,9 @@ function ensureSession(key) {
 function subscribe(session) {
   const resume = {};
   for (const run of session.runs.values()) if (run.agentSeq > 0) resume[run.id] = run.agentSeq;
-  const params = { sessionKey: session.key };
-  if (Object.keys(resume).length) params.resume = resume;
+  // Always resume: runs this page has not seen yet (ones that started before it connected)
+  // are replayed whole from the gateway's buffer; known runs continue after their last seq.
+  const params = { sessionKey: session.key, resume };
   session.subscribed = true;
   return request('sessions.subscribe', params).then(() => showNote($('.session-note', session.el), ''), (err) => {
     session.subscribed = false;
