@@ -50,9 +50,14 @@ def _sse(name: str, data: str, ident: str | None = None) -> bytes:
 
 
 async def _stream(
-    hub: Hub, sock: trio.socket.SocketType, outbox: Outbox, feed: Callable[[], Awaitable[None]]
+    hub: Hub,
+    sock: trio.socket.SocketType,
+    outbox: Outbox,
+    feed: Callable[[], Awaitable[None]],
+    last: Callable[[], bytes | None] = lambda: None,
 ) -> None:
-    """Run ``feed`` (which queues chunks) with a writer and a hang-up watcher until one ends."""
+    """Run ``feed`` (which queues chunks) with a writer and a hang-up watcher until one ends,
+    then send what is queued and ``last()``."""
 
     async def watch() -> None:
         try:
@@ -82,8 +87,8 @@ async def _stream(
             nursery.start_soon(first_to_end, feed)
     finally:
         hub.counters.event_streams -= 1
-        # The last chunk (a stream's end, if the feed finished) goes out within close_timeout.
-        await outbox.finish(None, hub.config.close_timeout)
+        # The last chunks (a stream's end) go out within close_timeout.
+        await outbox.finish(last(), hub.config.close_timeout)
         hub.counters.bytes_sent += outbox.bytes_sent
 
 
@@ -191,7 +196,7 @@ async def serve_agui_session(
                 if not outbox.has_room():
                     await outbox.wait_room()
 
-        await _stream(hub, sock, outbox, _guarded(feed))
+        await _stream(hub, sock, outbox, _guarded(feed), _agui_end(request, translator))
 
 
 async def serve_agui_run(
@@ -229,8 +234,24 @@ async def serve_agui_run(
                 if not outbox.has_room():
                     await outbox.wait_room()
 
-        await _stream(hub, sock, outbox, _guarded(feed))
+        await _stream(hub, sock, outbox, _guarded(feed), _agui_end(request, translator))
     return None
+
+
+def _agui_end(request: Request, translator: AguiTranslator) -> Callable[[], bytes | None]:
+    """The end of an AG-UI response cut short (the gateway closing, the bus closing, a slow
+    client): its open run ended with ``RUN_ERROR`` (:meth:`AguiTranslator.close`), then the
+    body's end, so that a client sees a run that failed rather than a broken response.
+    Nothing once the response has ended (``POST /agui`` after its run)."""
+
+    def last() -> bytes | None:
+        if request.conn.our_state is not h11.SEND_BODY:
+            return None
+        events = translator.close("the gateway closed the stream")
+        chunks = [stream_chunk(request, encode(event)) for event in events]
+        return b"".join(chunks) + (request.conn.send(h11.EndOfMessage()) or b"")
+
+    return last
 
 
 def _put_agui(outbox: Outbox, request: Request, events: list[BaseEvent]) -> None:
