@@ -13,6 +13,7 @@ frame before its socket is closed.
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
 import logging
@@ -39,6 +40,7 @@ from actors import Overflow
 from .. import _event
 from .._errors import PipelineError
 from .._subscription import SLOW_CONSUMER
+from ._http import BadRequest
 from ._http import Request as HttpRequest
 from ._hub import Hub, RunRefused
 from ._replay import Deduper, resume_map
@@ -119,7 +121,11 @@ class WebSocketClient:
     async def run(self, request: HttpRequest) -> None:
         """Accept the upgrade, serve the client until either side closes, then close."""
         hub = self.hub
-        self.ws.initiate_upgrade_connection(request.raw_headers, request.target)
+        _check_key(request.headers.get("sec-websocket-key", ""))
+        try:
+            self.ws.initiate_upgrade_connection(request.raw_headers, request.target)
+        except RemoteProtocolError as exc:  # a missing header or a wrong version
+            raise BadRequest(400, f"bad WebSocket upgrade: {exc}") from exc
         for event in self.ws.events():  # the Request event the upgrade produced
             if not isinstance(event, Request):  # pragma: no cover - wsproto always gives it
                 return
@@ -235,6 +241,8 @@ class WebSocketClient:
     # ---- frames ------------------------------------------------------------------------------
 
     def _send(self, text: str) -> None:
+        if self.ws.state is not wsproto.connection.ConnectionState.OPEN:
+            return  # the client closed: a frame after the close is not allowed (RFC 6455 5.5.1)
         try:
             self.outbox.put(self.ws.send(TextMessage(data=text)))
         except SlowConsumer:
@@ -469,6 +477,11 @@ class WebSocketClient:
                 outbox = self.outbox
                 async for batch in sub.batches():
                     for event in batch:
+                        # Room is checked per event, not per batch: a batch of big events
+                        # would overflow the outbox (a slow-consumer close) where waiting
+                        # lets the subscription drop deltas (a gap) instead.
+                        if not outbox.has_room():
+                            await outbox.wait_room()
                         if event.stream == _event.DROPPED_STREAM:
                             count = event.data["count"]
                             hub.counters.events_dropped += count
@@ -476,8 +489,6 @@ class WebSocketClient:
                         elif not dedupe.is_duplicate(event):
                             name = "chat" if event.stream == _event.CHAT else "agent"
                             self._event_json(name, payloads.payload(event))
-                    if not outbox.has_room():
-                        await outbox.wait_room()
                 if sub.closed_reason == SLOW_CONSUMER:
                     self.close(POLICY_VIOLATION, SLOW)
         if self.sessions.get(key) is scope:
@@ -524,6 +535,16 @@ _HANDLERS: dict[str, _Handler] = {
     "chat.abort": WebSocketClient._chat_abort,
     "agent.wait": WebSocketClient._agent_wait,
 }
+
+
+def _check_key(key: str) -> None:
+    """:exc:`BadRequest` unless ``key`` is 16 bytes in base64 (RFC 6455 4.1, 4.2.1)."""
+    try:
+        ok = len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:  # binascii.Error
+        ok = False
+    if not ok:
+        raise BadRequest(400, "bad WebSocket upgrade: Sec-WebSocket-Key must be 16 bytes")
 
 
 def _parse(text: str) -> dict[str, Any] | None:

@@ -71,6 +71,10 @@ async def read_request(
         event = await _next(sock, conn)
         if not isinstance(event, h11.Request):
             raise BadRequest(400, "expected an HTTP request")
+        # h11 bounds only an incomplete head: one that arrived whole in a read is not checked.
+        size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+        if size > MAX_HEADER_BYTES:
+            raise BadRequest(431, f"the request line and headers pass {MAX_HEADER_BYTES} bytes")
         target = event.target
         split = urlsplit(target.decode("ascii", "replace"))
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}

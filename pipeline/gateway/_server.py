@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -143,6 +144,8 @@ class _Server:
         except trio.TooSlowError:
             pass
         finally:
+            with trio.move_on_after(config.close_timeout, shield=True):
+                await _linger(sock)
             hub.counters.connections -= 1
             sock.close()
 
@@ -207,6 +210,18 @@ class _Server:
     async def _reply(self, outbox: Outbox, response: bytes) -> None:
         outbox.put(response)
         await outbox.finish(None, self.hub.config.close_timeout)
+
+
+async def _linger(sock: trio.socket.SocketType) -> None:
+    """Half-close ``sock`` and read until the client closes too. Closing a socket with unread
+    input sends a reset, which destroys what is still on its way to the client: the close
+    frame of a slow consumer that was still sending (GATEWAY 1.4), an error response."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while await sock.recv(65_536):
+            pass
+    except OSError:  # the client is gone already
+        pass
 
 
 def _error(message: str, code: str = "bad_request") -> dict[str, object]:

@@ -56,14 +56,20 @@ class Outbox:
     bytes_sent: int = 0
 
     def put(self, data: bytes) -> None:
-        """Queue ``data``; :exc:`SlowConsumer` if that passes ``max_bytes``."""
+        """Queue ``data``; :exc:`SlowConsumer` if more than ``max_bytes`` were queued already.
+
+        The bound is on the backlog before ``data``, so one frame larger than ``max_bytes``
+        (a chat snapshot of a long answer, a big tool result) is taken by a client that keeps
+        up; a client that does not take it is caught by ``send_timeout``.
+        """
         if self.closing:
             return
+        backlog = self.buffered
         self.buffered += len(data)
         self._queue.append(data)
         self._wakeup.set()
-        if self.buffered > self.max_bytes:
-            raise SlowConsumer(f"{self.buffered} bytes buffered (max {self.max_bytes})")
+        if backlog > self.max_bytes:
+            raise SlowConsumer(f"{backlog} bytes buffered (max {self.max_bytes})")
 
     def has_room(self) -> bool:
         return self.buffered <= self.max_bytes // 2
