@@ -35,9 +35,10 @@ class ClusterConfig:
     #: How long the publisher waits for a batch to fill before it writes a part-full one;
     #: 0 writes whatever is queued at once.
     flush_interval: float = attrs.field(default=0.005, validator=[instance_of((int, float)), ge(0)])
-    #: Outbound entries (local events and control entries) waiting for Redis at most, during
-    #: an outage or when Redis is slower than the bus. Past it the oldest are dropped and
-    #: counted (``dropped_outbound``): the other nodes see a seq gap, then the newest events.
+    #: Outbound entries (local events and control entries) queued for Redis at most, during
+    #: an outage or when Redis is slower than the bus (one batch in flight comes on top).
+    #: Past it the oldest are dropped and counted (``dropped_outbound``): the other nodes see
+    #: a seq gap, then the newest events.
     max_pending: int = attrs.field(default=10_000, validator=_count)
     #: Mailbox of the publisher's ``local_only`` subscription (``Overflow.BLOCK``: the
     #: publisher only moves events into the pending queue, never waits on Redis).

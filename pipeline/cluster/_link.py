@@ -18,10 +18,11 @@ import attrs
 import coredis
 import trio
 from coredis.exceptions import RedisError
+from coredis.retry import NoRetryPolicy
 
 from ._config import ClusterConfig, Counters
 
-__all__ = ["FAILURES", "Client", "Link", "Work"]
+__all__ = ["FAILURES", "Client", "Link", "Work", "new_client"]
 
 _log = logging.getLogger("pipeline.cluster")
 
@@ -34,6 +35,18 @@ Work = Callable[[Client, Callable[[], None]], Awaitable[None]]
 #: What a broken connection or server raises: coredis' errors (connection refused or reset,
 #: a server error reply such as OOM), the OS's, and our own ``trio.fail_after`` timeouts.
 FAILURES = (RedisError, OSError, trio.TooSlowError)
+
+
+def new_client(url: str, config: ClusterConfig) -> Client:
+    """A client for one session. Without coredis' own quick retries: a failure ends the
+    session, and the link reconnects with backoff (and counts it)."""
+    client: Client = coredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        connect_timeout=config.connect_timeout,
+        retry_policy=NoRetryPolicy(),
+    )
+    return client
 
 
 @attrs.define(eq=False)
@@ -73,9 +86,7 @@ class Link:
     async def _session(self, work: Work, ready: Callable[[], None]) -> BaseException | None:
         """One client's life: connect, check with ``PING``, work. The failure, if any."""
         config = self.config
-        client: Client = coredis.Redis.from_url(
-            self.url, decode_responses=False, connect_timeout=config.connect_timeout
-        )
+        client = new_client(self.url, config)
         failure: BaseException | None = None
         try:
             async with client:

@@ -18,7 +18,6 @@ from typing import final
 from urllib.parse import urlsplit
 
 import attrs
-import coredis
 import trio
 
 from .._bus import Bus
@@ -26,7 +25,7 @@ from .._errors import PipelineError
 from ._config import ClusterConfig, ClusterStatistics, Counters
 from ._heartbeat import Heartbeat
 from ._layout import abort_entry, node_key
-from ._link import FAILURES, Client, Link
+from ._link import FAILURES, Link, new_client
 from ._outbox import Outbox
 from ._owners import Owners
 from ._publisher import Publisher
@@ -98,11 +97,7 @@ class Node:
         node's runs within one heartbeat interval; bounded by ``close_timeout``, shielded."""
         config = self.config
         with trio.CancelScope(shield=True), trio.move_on_after(config.close_timeout) as scope:
-            client: Client = coredis.Redis.from_url(
-                self._publisher.link.url,
-                decode_responses=False,
-                connect_timeout=config.connect_timeout,
-            )
+            client = new_client(self._publisher.link.url, config)
             try:
                 async with client:
                     try:

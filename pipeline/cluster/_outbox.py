@@ -1,9 +1,11 @@
 """The node's pending outbound entries: local events and control entries waiting for Redis.
 
-Both queues together hold at most ``max_pending`` entries, whether Redis is away (an outage)
-or only slower than the bus. Past the bound the *oldest* entry is dropped and counted: after
-an outage the other nodes get the newest events of each run, its terminal events included,
-and see the loss as a seq gap in band, rather than an old prefix of runs that never end.
+Both queues together hold at most ``max_pending`` entries (besides the one batch the writer
+has in flight), whether Redis is away (an outage) or only slower than the bus. Past the bound
+the *oldest* entry is dropped and counted, and a batch that failed goes back in front of the
+queue and is trimmed the same way: after an outage the other nodes get the newest events of
+each run, its terminal events included, and see the loss as a seq gap in band, rather than an
+old prefix of runs that never end.
 Control entries (aborts) are written before events, and dropped only when no event is left
 to drop.
 
@@ -94,7 +96,7 @@ class Outbox:
         self._changed()
 
     def _trim(self) -> None:
-        while len(self) + self.in_flight > self.limit and len(self):
+        while len(self) > self.limit:
             if self._events:
                 self._events.popleft()
             else:
