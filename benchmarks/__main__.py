@@ -4,16 +4,17 @@ Runs, in order: fan-out on workload W with 8 and 32 subscribers (the bus read pe
 with ``batches()``, against hand-written raw trio, in alternating rounds; pyee and bubus in
 processes of their own), subscribers filtered on their own sessions (S = 10 ... 10,000), the
 cost of a live idle run, abort latency, stalled subscribers, emits from other threads through
-the portal, and the 1,000,000-run memory soak for the bus and for the leaking model (each in a
-fresh process), then draws ``docs/benchmarks-memory.png``. It prints one table at the end,
-each figure beside its target, and writes JSON to ``benchmarks/results/``. Progress goes to
-stderr.
+the portal, the gateway (frames/s to 1 and 100 WebSocket clients, memory per idle connection,
+emit-to-client latency), and the 1,000,000-run memory soak for the bus and for the leaking
+model (each in a fresh process), then draws ``docs/benchmarks-memory.png``. It prints one
+table at the end, each figure beside its target, and writes JSON to ``benchmarks/results/``.
+Progress goes to stderr.
 
 The soak dominates the time (tens of minutes with tracemalloc on); ``--soak-runs``,
 ``--no-tracemalloc`` and ``--skip-soak`` shorten it. ``--quick`` (``make bench-quick``) runs
 every section in a few minutes: 3 fan-out rounds, one round of the session scaling, the peers
-and the stalled subscribers, 100 aborts, and a 20,000-run soak without tracemalloc;
-its JSON goes to ``benchmarks/results/quick-*.json`` and it draws no plot.
+and the stalled subscribers, 100 aborts, a smaller gateway workload, and a 20,000-run soak
+without tracemalloc; its JSON goes to ``benchmarks/results/quick-*.json`` and it draws no plot.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import abort_latency, fanout, idle_cost, plot_memory, portal, scaling, soak, stalled
+from . import abort_latency, fanout, gateway, idle_cost, plot_memory, portal, scaling, soak, stalled
 from ._util import RESULTS, Row, format_table, machine, say, write_json
 
-SECTIONS = ("fanout", "scaling", "idle", "abort", "stalled", "portal", "soak")
+SECTIONS = ("fanout", "scaling", "idle", "abort", "stalled", "portal", "gateway", "soak")
 #: Each section's JSON file, the same one its module writes when run alone.
 FILES = {"idle": "idle_cost", "abort": "abort_latency", "soak": "soak"}
 
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         stalled.rows,
     )
     section("portal", lambda: portal.measure(5_000 if quick else 20_000), portal.rows)
+    section("gateway", lambda: gateway.measure(**(gateway.QUICK if quick else {})), gateway.rows)
     section("soak", lambda: soak.measure(soak_runs, soak_tracemalloc, quick=quick), soak.rows)
     if "soak" in sections and not quick and (RESULTS / "soak-bus.json").exists():
         plot_memory.main([])
