@@ -6,13 +6,14 @@ from __future__ import annotations
 import uuid
 
 import attrs
+import trio
 
 from .._bus import Bus
 from .._config import RunContext
 from .._errors import PipelineError
 from .._event import Event
 from .._run import Run
-from ._config import GatewayConfig
+from ._config import Agent, GatewayConfig
 from ._replay import Recorder, ReplayBuffer, encode_payload
 from ._tokens import AuthFailures
 
@@ -111,6 +112,9 @@ class Hub:
     #: ``(session key, idempotency key) -> run id`` of recent ``chat.send`` calls, bounded by
     #: ``recent_runs`` (oldest first out).
     _sent: dict[tuple[str, str], str] = attrs.field(factory=dict)
+    #: The keys of ``chat.send`` calls whose run is starting now: a concurrent call with the
+    #: same key waits for it instead of starting a second run.
+    _starting: dict[tuple[str, str], trio.Event] = attrs.field(factory=dict)
 
     @classmethod
     def create(cls, bus: Bus, config: GatewayConfig) -> Hub:
@@ -134,8 +138,23 @@ class Hub:
         if agent is None:
             raise RunRefused("this gateway has no agent to start (GatewayConfig.agent)")
         key = (session_key, idempotency_key) if idempotency_key else None
-        if key is not None and key in self._sent:
+        if key is None:
+            return await self._start(agent, session_key, message, run_id)
+        while (starting := self._starting.get(key)) is not None:
+            await starting.wait()
+        if key in self._sent:
             return self._sent[key]
+        self._starting[key] = trio.Event()
+        try:
+            run_id = await self._start(agent, session_key, message, run_id)
+        finally:
+            self._starting.pop(key).set()
+        self._sent[key] = run_id
+        if len(self._sent) > self.config.recent_runs:
+            del self._sent[next(iter(self._sent))]
+        return run_id
+
+    async def _start(self, agent: Agent, session_key: str, message: str, run_id: str | None) -> str:
         run_id = run_id or uuid.uuid4().hex
 
         async def body(run: Run) -> None:
@@ -147,10 +166,6 @@ class Hub:
             )
         except PipelineError as exc:  # too many runs, the run id is live, the bus closed
             raise RunRefused(str(exc)) from exc
-        if key is not None:
-            self._sent[key] = run_id
-            if len(self._sent) > self.config.recent_runs:
-                del self._sent[next(iter(self._sent))]
         return run_id
 
     def run_session(self, run_id: str) -> tuple[bool, str | None]:

@@ -8,7 +8,7 @@ by ``recent_runs`` (least recently touched first out), keeps what a reconnecting
 and through which seq the buffer has already forgotten it.
 
 A client resuming subscribes first, waits until the recorder has taken everything that was
-routed before its subscription (:meth:`Recorder.wait_caught_up`), then replays; what the
+published before its subscription (:meth:`Recorder.wait_caught_up`), then replays; what the
 replay and its live subscription both hold is skipped by :class:`Deduper`.
 """
 
@@ -18,7 +18,6 @@ import collections
 import json
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 import attrs
 import trio
@@ -169,9 +168,10 @@ class Recorder:
 
     bus: Bus
     buffer: ReplayBuffer
-    _subscription: Any = None
-    #: Events taken from the subscription and recorded.
-    _recorded: int = 0
+    #: How many of the events the bus has published are recorded (or were forgotten when
+    #: the recorder was cut off): the bus's ``events_published`` when the subscription was
+    #: made, plus the events taken from it since.
+    _through: int = 0
     _progress: trio.Event = attrs.field(factory=trio.Event)
     _ready: trio.Event = attrs.field(factory=trio.Event)
 
@@ -180,8 +180,9 @@ class Recorder:
         started = False
         while True:
             async with self.bus.subscribe(buffer=self.buffer.max_events) as sub:
-                self._subscription = sub
-                self._recorded = sub.statistics().delivered
+                # The subscription sees exactly the events published from now on.
+                self._through = self.bus.statistics().events_published
+                self._advanced()
                 self._ready.set()
                 if not started:
                     task_status.started()
@@ -190,21 +191,28 @@ class Recorder:
                     for event in batch:
                         if event.stream != _event.DROPPED_STREAM:
                             self.buffer.append(event, encode_payload(event))
-                    self._recorded += len(batch)
-                    self._progress.set()
-                    self._progress = trio.Event()
+                            self._through += 1
+                    self._advanced()
                 reason = sub.closed_reason
             if reason != SLOW_CONSUMER:
                 return
             _log.warning("the replay recorder fell behind and was cut off; buffer cleared")
             self.buffer.clear()
 
+    def _advanced(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
     async def wait_caught_up(self) -> None:
-        """Wait until everything routed to the recorder before this call is recorded."""
+        """Wait until every event the bus published before this call is recorded.
+
+        Published, not only routed to the recorder: the bus routes events a scheduler turn
+        or more after they are published, and a subscription made before this call sees none
+        of the events published before it, routed or not, so the replay must hold them all.
+        """
         await self._ready.wait()
-        stats = self._subscription.statistics()
-        target = stats.delivered + stats.queued
-        while self._recorded < target:
+        target = self.bus.statistics().events_published
+        while self._through < target:
             await self._progress.wait()
 
 
