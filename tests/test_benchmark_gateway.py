@@ -41,7 +41,8 @@ def test_the_gateway_benchmark_measures_every_figure_on_a_tiny_workload() -> Non
 
     idle = measured["idle"]
     assert idle["connections"] == 20
-    assert 0 < idle["bytes_per_connection"] < 1_000_000
+    # RSS over 20 connections can stay flat when earlier tests left freed memory to reuse.
+    assert 0 <= idle["bytes_per_connection"] < 1_000_000
 
     latency = measured["latency"]
     assert latency["samples"] == latency["events"] == 80

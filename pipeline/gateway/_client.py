@@ -1,7 +1,8 @@
 """One WebSocket client of the gateway: handshake, requests, and its session subscriptions.
 
-A client is one task reading frames (this module's :meth:`WebSocketClient.run`), one writer
-task draining its :class:`~._wire.Outbox`, and one task per subscribed session pumping a
+A client is one task reading frames (this module's :meth:`WebSocketClient.run`), a writer
+task draining its :class:`~._wire.Outbox` while there is something to send, and one task per
+subscribed session pumping a
 ``DROP_OLDEST`` bus subscription filtered on that session into frames. All of them live in
 the client's own nursery, so closing the client (or losing it) ends every one of them.
 
@@ -13,38 +14,33 @@ frame before its socket is closed.
 
 from __future__ import annotations
 
-import base64
-import collections
+import functools
 import json
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import attrs
 import trio
-import wsproto
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    Request,
-    TextMessage,
-)
-from wsproto.utilities import RemoteProtocolError
 
 from actors import Overflow
 
 from .. import _event
 from .._errors import PipelineError
 from .._subscription import SLOW_CONSUMER
-from ._http import BadRequest
-from ._http import Request as HttpRequest
 from ._hub import Hub, RunRefused
 from ._replay import Deduper, resume_map
 from ._tokens import READ, WRITE, Grant
+from ._websocket import (
+    GOING_AWAY,
+    POLICY_VIOLATION,
+    WebSocketClose,
+    WebSocketTransport,
+    text_frame,
+)
 from ._wire import ClientGone, Outbox, SlowConsumer
 
 __all__ = ["EVENTS", "METHODS", "PROTOCOL", "WebSocketClient"]
@@ -61,8 +57,6 @@ METHODS = (
     "chat.abort",
     "agent.wait",
 )
-#: Close codes (RFC 6455) and reasons.
-POLICY_VIOLATION, GOING_AWAY, TOO_BIG, PROTOCOL_ERROR = 1008, 1001, 1009, 1002
 SLOW = "slow consumer"
 #: ``agent.wait`` calls one client may have waiting at once.
 _MAX_WAITS = 16
@@ -77,15 +71,6 @@ class RequestError(Exception):
         self.code = code
 
 
-class _Close(Exception):
-    """Close the connection with this code and reason."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
 @attrs.define(eq=False)
 class WebSocketClient:
     """The server side of one ``/ws`` connection."""
@@ -94,9 +79,7 @@ class WebSocketClient:
     sock: trio.socket.SocketType
     peer: str
     outbox: Outbox
-    ws: wsproto.WSConnection = attrs.field(
-        factory=lambda: wsproto.WSConnection(wsproto.ConnectionType.SERVER)
-    )
+    transport: WebSocketTransport
     conn_id: str = attrs.field(factory=lambda: secrets.token_hex(8))
     grant: Grant | None = None
     #: The outer ``seq`` of the last event frame.
@@ -105,45 +88,32 @@ class WebSocketClient:
     sessions: dict[str, trio.CancelScope] = attrs.field(factory=dict)
     _nursery: trio.Nursery | None = None
     _close: tuple[int, str] | None = None
-    _peer_closed: bool = False
     _waits: int = 0
-    #: Whole messages received and not yet handled; the parts of the one arriving.
-    _inbox: collections.deque[str] = attrs.field(factory=collections.deque)
-    _parts: list[str] = attrs.field(factory=list)
-    _size: int = 0
-    _received: int = 0
     #: Request budget (a token bucket of ``max_requests_per_second``).
     _budget: float = 0.0
     _budget_at: float = 0.0
 
     # ---- the connection ----------------------------------------------------------------------
 
-    async def run(self, request: HttpRequest) -> None:
-        """Accept the upgrade, serve the client until either side closes, then close."""
+    async def run(self, accept: bytes, first: bytes) -> None:
+        """Send the upgrade's ``accept`` response, serve the client until either side closes
+        (``first``: bytes that came with the upgrade request), then close."""
         hub = self.hub
-        _check_key(request.headers.get("sec-websocket-key", ""))
-        try:
-            self.ws.initiate_upgrade_connection(request.raw_headers, request.target)
-        except RemoteProtocolError as exc:  # a missing header or a wrong version
-            raise BadRequest(400, f"bad WebSocket upgrade: {exc}") from exc
-        for event in self.ws.events():  # the Request event the upgrade produced
-            if not isinstance(event, Request):  # pragma: no cover - wsproto always gives it
-                return
-        self.outbox.put(self.ws.send(AcceptConnection()))
         self._budget = hub.config.max_requests_per_second
         hub.counters.websockets += 1
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._write)
+                self.outbox.start_writer = functools.partial(nursery.start_soon, self._write)
+                self.outbox.put(accept)
                 try:
-                    await self._serve(request.trailing)
-                except _Close as close:
+                    await self._serve(first)
+                except WebSocketClose as close:
                     self.close(close.code, close.reason)
                 except SlowConsumer:
                     self.close(POLICY_VIOLATION, SLOW)
                 except ClientGone:
-                    self._peer_closed = True
+                    self.transport.peer_closed = True
                 nursery.cancel_scope.cancel()
         finally:
             hub.counters.websockets -= 1
@@ -159,10 +129,8 @@ class WebSocketClient:
             self._nursery.cancel_scope.cancel()
 
     async def _finish(self) -> None:
-        frame = None
-        if self.ws.state is wsproto.connection.ConnectionState.OPEN and not self._peer_closed:
-            code, reason = self._close or (GOING_AWAY, "server shutting down")
-            frame = self.ws.send(CloseConnection(code=code, reason=reason))
+        code, reason = self._close or (GOING_AWAY, "server shutting down")
+        frame = self.transport.close_frame(code, reason)
         slow = self._close == (POLICY_VIOLATION, SLOW)
         await self.outbox.finish(frame, self.hub.config.close_timeout, flush=not slow)
         self.hub.counters.bytes_sent += self.outbox.bytes_sent
@@ -173,7 +141,7 @@ class WebSocketClient:
         except SlowConsumer:
             self.close(POLICY_VIOLATION, SLOW)
         except ClientGone:
-            self._peer_closed = True
+            self.transport.peer_closed = True
             self.close(GOING_AWAY, "client gone")
 
     async def _serve(self, first: bytes) -> None:
@@ -182,22 +150,24 @@ class WebSocketClient:
         self._event("connect.challenge", {"nonce": secrets.token_hex(16), "ts": _now_ms()})
         if hub.failures.blocked(self.peer, trio.current_time()):
             hub.counters.auth_failures += 1
-            raise _Close(POLICY_VIOLATION, "too many failed handshakes; try again later")
+            raise WebSocketClose(POLICY_VIOLATION, "too many failed handshakes; try again later")
         self._receive(first)
         text = None
         with trio.move_on_after(config.handshake_timeout):
             text = await self._next_message()
         if text is None:
-            raise _Close(POLICY_VIOLATION, "no connect request in time")
+            raise WebSocketClose(POLICY_VIOLATION, "no connect request in time")
         self._connect(text)
+        self.transport.authenticated = True
         while (text := await self._next_message()) is not None:
             await self._request(text)
 
     async def _next_message(self) -> str | None:
         """The client's next whole text message (``""`` for a binary one); ``None`` once the
         client has closed the WebSocket."""
-        while not self._inbox:
-            if self._peer_closed:
+        transport = self.transport
+        while (text := transport.take()) is None:
+            if transport.peer_closed:
                 return None
             try:
                 data = await self.sock.recv(_RECV)
@@ -206,45 +176,20 @@ class WebSocketClient:
             if not data:
                 raise ClientGone("the client closed its socket")
             self._receive(data)
-        return self._inbox.popleft()
+        return text
 
     def _receive(self, data: bytes) -> None:
-        """Feed bytes from the socket to wsproto; queue whole messages, answer pings and the
-        client's close."""
-        if not data:
-            return
-        ws = self.ws
-        config = self.hub.config
-        self._received += len(data)
-        if self.grant is None and self._received > config.max_handshake_bytes:
-            raise _Close(POLICY_VIOLATION, "more than 64 KiB before connect")
-        ws.receive_data(data)
-        try:
-            for event in ws.events():
-                if isinstance(event, TextMessage | BytesMessage):
-                    self._size += len(event.data)
-                    if self._size > config.max_payload:
-                        raise _Close(TOO_BIG, f"a message is larger than {config.max_payload}")
-                    self._parts.append(event.data if isinstance(event, TextMessage) else "")
-                    if event.message_finished:
-                        self._inbox.append("".join(self._parts))
-                        self._parts.clear()
-                        self._size = 0
-                elif isinstance(event, Ping):
-                    self.outbox.put(ws.send(event.response()))
-                elif isinstance(event, CloseConnection):
-                    self._peer_closed = True
-                    self.outbox.put(ws.send(event.response()))
-        except RemoteProtocolError as exc:
-            raise _Close(PROTOCOL_ERROR, str(exc)[:100]) from exc
+        if data:
+            for reply in self.transport.receive(data):
+                self.outbox.put(reply)
 
     # ---- frames ------------------------------------------------------------------------------
 
     def _send(self, text: str) -> None:
-        if self.ws.state is not wsproto.connection.ConnectionState.OPEN:
+        if not self.transport.is_open:
             return  # the client closed: a frame after the close is not allowed (RFC 6455 5.5.1)
         try:
-            self.outbox.put(self.ws.send(TextMessage(data=text)))
+            self.outbox.put(text_frame(text.encode()))
         except SlowConsumer:
             self.close(POLICY_VIOLATION, SLOW)
 
@@ -277,7 +222,7 @@ class WebSocketClient:
         if frame is None or frame.get("type") != "req" or frame.get("method") != "connect":
             hub.counters.auth_failures += 1
             hub.failures.record(self.peer, trio.current_time())
-            raise _Close(POLICY_VIOLATION, "the first frame must be a connect request")
+            raise WebSocketClose(POLICY_VIOLATION, "the first frame must be a connect request")
         params = frame.get("params")
         auth = params.get("auth") if isinstance(params, Mapping) else None
         token = auth.get("token") if isinstance(auth, Mapping) else None
@@ -285,7 +230,7 @@ class WebSocketClient:
         if grant is None:
             hub.counters.auth_failures += 1
             hub.failures.record(self.peer, trio.current_time())
-            raise _Close(POLICY_VIOLATION, "unauthorized: unknown token")
+            raise WebSocketClose(POLICY_VIOLATION, "unauthorized: unknown token")
         self.grant = grant
         config = hub.config
         self._respond(
@@ -537,16 +482,6 @@ _HANDLERS: dict[str, _Handler] = {
 }
 
 
-def _check_key(key: str) -> None:
-    """:exc:`BadRequest` unless ``key`` is 16 bytes in base64 (RFC 6455 4.1, 4.2.1)."""
-    try:
-        ok = len(base64.b64decode(key, validate=True)) == 16
-    except ValueError:  # binascii.Error
-        ok = False
-    if not ok:
-        raise BadRequest(400, "bad WebSocket upgrade: Sec-WebSocket-Key must be 16 bytes")
-
-
 def _parse(text: str) -> dict[str, Any] | None:
     try:
         frame = json.loads(text)
@@ -559,9 +494,8 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@functools.cache
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("trio-agent-bus")
     except PackageNotFoundError:  # pragma: no cover - run from a source tree

@@ -119,11 +119,13 @@ class Hub:
     @classmethod
     def create(cls, bus: Bus, config: GatewayConfig) -> Hub:
         replay = ReplayBuffer(config.replay_events, config.replay_bytes, config.recent_runs)
+        payloads = PayloadCache()
         return cls(
             bus=bus,
             config=config,
             replay=replay,
-            recorder=Recorder(bus, replay),
+            recorder=Recorder(bus, replay, payloads.payload),
+            payloads=payloads,
             failures=AuthFailures(config.max_auth_failures_per_minute, config.max_tracked_peers),
         )
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import attrs
 import trio
@@ -168,6 +168,8 @@ class Recorder:
 
     bus: Bus
     buffer: ReplayBuffer
+    #: Encodes an event's frame payload (the gateway's shared cache: the clients reuse it).
+    encode: Callable[[Event], str] = encode_payload
     #: How many of the events the bus has published are recorded (or were forgotten when
     #: the recorder was cut off): the bus's ``events_published`` when the subscription was
     #: made, plus the events taken from it since.
@@ -190,7 +192,7 @@ class Recorder:
                 async for batch in sub.batches():
                     for event in batch:
                         if event.stream != _event.DROPPED_STREAM:
-                            self.buffer.append(event, encode_payload(event))
+                            self.buffer.append(event, self.encode(event))
                             self._through += 1
                     self._advanced()
                 reason = sub.closed_reason

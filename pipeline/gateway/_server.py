@@ -12,9 +12,10 @@ Hypercorn and trio-websocket; this module and :mod:`._wire` are only the I/O aro
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 
@@ -29,7 +30,10 @@ from ._hub import GatewayStatistics, Hub
 from ._metrics import CONTENT_TYPE, registry, render
 from ._streams import serve_agui_run, serve_agui_session, serve_session_events
 from ._tokens import ADMIN, READ, Grant
+from ._websocket import WebSocketTransport
 from ._wire import Outbox
+
+_Handler = Callable[[], Awaitable[None]]
 
 __all__ = ["Gateway", "open_gateway", "serve"]
 
@@ -136,7 +140,11 @@ class _Server:
         try:
             deadline = trio.current_time() + config.handshake_timeout
             request = await read_request(sock, peer, max_body=config.max_payload, deadline=deadline)
-            await self._route(request, sock, outbox)
+            handler = self._route(request, sock, outbox)
+            # A WebSocket lives long: its handler keeps what it needs, not the request (and
+            # the request's h11 state), a few KB per idle connection.
+            del request
+            await handler()
         except BadRequest as exc:
             hub.counters.bad_requests += 1
             outbox.put(error_response(exc.status, str(exc)))
@@ -149,43 +157,55 @@ class _Server:
             hub.counters.connections -= 1
             sock.close()
 
-    async def _route(self, request: Request, sock: trio.socket.SocketType, outbox: Outbox) -> None:
+    def _route(self, request: Request, sock: trio.socket.SocketType, outbox: Outbox) -> _Handler:
+        """What serves ``request``: an async callable; :exc:`BadRequest` for a bad upgrade."""
         hub = self.hub
         path, method = request.path, request.method
         if path == "/ws":
             if not request.is_websocket:
-                return await self._reply(outbox, respond(request, 426, _error("upgrade required")))
-            return await WebSocketClient(hub, sock, request.peer, outbox).run(request)
+                return self._reply(outbox, respond(request, 426, _error("upgrade required")))
+            config = hub.config
+            transport, accept = WebSocketTransport.accept(
+                request,
+                max_payload=config.max_payload,
+                max_handshake_bytes=config.max_handshake_bytes,
+            )
+            client = WebSocketClient(hub, sock, request.peer, outbox, transport)
+            return functools.partial(client.run, accept, request.trailing)
         if method == "GET" and path in ("/", "/index.html", "/viewer.js", "/viewer.css"):
             name = "index.html" if path == "/" else path[1:]
             body = resources.files(__package__).joinpath("static", name).read_bytes()
-            return await self._reply(outbox, respond(request, 200, body, _STATIC[name]))
+            return self._reply(outbox, respond(request, 200, body, _STATIC[name]))
         if method == "GET" and path == "/healthz":
-            return await self._reply(outbox, respond(request, 200, {"ok": True}))
+            return self._reply(outbox, respond(request, 200, {"ok": True}))
         if method == "GET" and path == "/metrics":
             grant = self._grant(request)
             if grant is None or ADMIN not in grant.scopes:
-                return await self._refuse(request, outbox, grant, "metrics need the admin scope")
+                return self._refuse(request, outbox, grant, "metrics need the admin scope")
             body = render(self.metrics)  # type: ignore[arg-type]
-            return await self._reply(outbox, respond(request, 200, body, CONTENT_TYPE))
+            return self._reply(outbox, respond(request, 200, body, CONTENT_TYPE))
         if method == "POST" and path == "/agui":
             grant = self._grant(request)
             if grant is None:
-                return await self._refuse(request, outbox, grant, "a token is required")
-            refusal = await serve_agui_run(hub, sock, outbox, request, grant)
-            if refusal is not None:
-                await self._reply(outbox, refusal)
-            return None
+                return self._refuse(request, outbox, grant, "a token is required")
+            return functools.partial(self._agui_run, request, sock, outbox, grant)
         parts = path.split("/")
         if method == "GET" and len(parts) == 4 and parts[1] == "sessions" and parts[2]:
             key, kind = parts[2], parts[3]
             if kind in ("events", "agui"):
                 grant = self._grant(request)
                 if grant is None or not grant.allows(key, READ):
-                    return await self._refuse(request, outbox, grant, f"may not read {key!r}")
+                    return self._refuse(request, outbox, grant, f"may not read {key!r}")
                 serve_stream = serve_session_events if kind == "events" else serve_agui_session
-                return await serve_stream(hub, sock, outbox, request, key)
-        return await self._reply(outbox, respond(request, 404, _error("no such endpoint")))
+                return functools.partial(serve_stream, hub, sock, outbox, request, key)
+        return self._reply(outbox, respond(request, 404, _error("no such endpoint")))
+
+    async def _agui_run(
+        self, request: Request, sock: trio.socket.SocketType, outbox: Outbox, grant: Grant
+    ) -> None:
+        refusal = await serve_agui_run(self.hub, sock, outbox, request, grant)
+        if refusal is not None:
+            await self._reply(outbox, refusal)()
 
     def _grant(self, request: Request) -> Grant | None:
         hub = self.hub
@@ -197,19 +217,24 @@ class _Server:
             hub.failures.record(request.peer, trio.current_time())
         return grant
 
-    async def _refuse(
+    def _refuse(
         self, request: Request, outbox: Outbox, grant: Grant | None, message: str
-    ) -> None:
+    ) -> _Handler:
         if grant is None:
             body = _error("unauthorized: a valid token is required", "unauthorized")
             response = respond(request, 401, body, headers={"www-authenticate": "Bearer"})
         else:
             response = respond(request, 403, _error(message, "forbidden"))
-        await self._reply(outbox, response)
+        return self._reply(outbox, response)
 
-    async def _reply(self, outbox: Outbox, response: bytes) -> None:
-        outbox.put(response)
-        await outbox.finish(None, self.hub.config.close_timeout)
+    def _reply(self, outbox: Outbox, response: bytes) -> _Handler:
+        """A handler that sends ``response`` and ends the connection."""
+
+        async def reply() -> None:
+            outbox.put(response)
+            await outbox.finish(None, self.hub.config.close_timeout)
+
+        return reply
 
 
 async def _linger(sock: trio.socket.SocketType) -> None:

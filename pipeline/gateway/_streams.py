@@ -148,6 +148,9 @@ async def serve_session_events(
         async def feed() -> None:
             async for batch in sub.batches():
                 for event in batch:
+                    # Per event, as the WebSocket pump does: see _client.WebSocketClient._pump.
+                    if not outbox.has_room():
+                        await outbox.wait_room()
                     if event.stream == _event.DROPPED_STREAM:
                         count = event.data["count"]
                         hub.counters.events_dropped += count
@@ -157,8 +160,6 @@ async def serve_session_events(
                         hub.counters.frames_sent += 1
                         chunk = _frame(event, hub.payloads.payload(event))
                         outbox.put(stream_chunk(request, chunk))
-                if not outbox.has_room():
-                    await outbox.wait_room()
 
         await _stream(hub, sock, outbox, _guarded(feed))
 
@@ -192,9 +193,9 @@ async def serve_agui_session(
         async def feed() -> None:
             async for batch in sub.batches():
                 for event in batch:
+                    if not outbox.has_room():
+                        await outbox.wait_room()
                     _put_agui(outbox, request, translator.translate(event.to_wire()))
-                if not outbox.has_room():
-                    await outbox.wait_room()
 
         await _stream(hub, sock, outbox, _guarded(feed), _agui_end(request, translator))
 
@@ -227,12 +228,12 @@ async def serve_agui_run(
         async def feed() -> None:
             async for batch in sub.batches():
                 for event in batch:
+                    if not outbox.has_room():
+                        await outbox.wait_room()
                     _put_agui(outbox, request, translator.translate(event.to_wire()))
                 if translator.done:
                     outbox.put(request.conn.send(h11.EndOfMessage()) or b"")
                     return
-                if not outbox.has_room():
-                    await outbox.wait_room()
 
         await _stream(hub, sock, outbox, _guarded(feed), _agui_end(request, translator))
     return None
