@@ -85,4 +85,3 @@ async def connect(url: str, token: str) -> AsyncIterator[WsClient]:
         assert response["ok"], response
         client.hello = response["payload"]
         yield client
-
