@@ -5,6 +5,10 @@ and prints it ("admin token: ..."), as Jupyter does. With --simulate, simulated
 agents start runs in the demo's sessions every couple of seconds, and chat.send
 starts the simulated agent, so there is live traffic to watch and abort.
 
+With --redis URL the process is a node of a cluster: its runs reach the
+clients of every other node sharing that Redis (or Valkey), and theirs reach its
+clients (docs/cluster.md; needs the cluster extra too).
+
 It prints "gateway listening on http://HOST:PORT" once it accepts connections
 (--port 0 picks a free port). Ctrl-C stops it. Needs the gateway extra:
 pip install -e '.[gateway]'.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
+from contextlib import AsyncExitStack
 
 import trio
 
@@ -33,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--simulate", action="store_true", help="run simulated agents (and let chat.send start one)"
     )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="join the cluster of nodes sharing this Redis, e.g. redis://127.0.0.1:6379",
+    )
+    parser.add_argument("--node-id", help="this node's id in the cluster (default: random)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     agent = simulated_agent if args.simulate else None
     config = GatewayConfig(tokens=tokens, host=args.host, port=args.port, agent=agent)
     try:
-        trio.run(_main, config, admin, args.simulate)
+        trio.run(_main, config, admin, args.simulate, args.redis, args.node_id)
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
     return 0
@@ -71,13 +82,21 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-async def _main(config: object, admin: str | None, simulate: bool) -> None:
+async def _main(
+    config: object, admin: str | None, simulate: bool, redis: str | None, node_id: str | None
+) -> None:
     from . import BusConfig, open_bus
     from .gateway import GatewayConfig, serve
     from .gateway._simulate import simulate_traffic
 
     assert isinstance(config, GatewayConfig)
-    async with open_bus(BusConfig()) as bus, trio.open_nursery() as nursery:
+    async with open_bus(BusConfig()) as bus, AsyncExitStack() as stack:
+        if redis is not None:
+            from .cluster import join
+
+            node = await stack.enter_async_context(join(bus, redis, node_id=node_id))
+            print(f"cluster node {node.node_id} on {redis}")
+        nursery = await stack.enter_async_context(trio.open_nursery())
         gateway = await nursery.start(serve, bus, config)
         if admin is not None:
             print(f"admin token: {admin}")
