@@ -19,8 +19,8 @@ class ClusterConfig:
     """Every limit and timer of a cluster node (:func:`pipeline.cluster.join`).
 
     Every buffer and table of a node is bounded by one of these fields. With the defaults, a
-    node's loss is detected within ``heartbeat_ttl + heartbeat_interval`` (8 s, under the
-    15 s GATEWAY 2 asks for).
+    node's runs end on the other nodes within ``heartbeat_ttl + 2 * heartbeat_interval``
+    (10 s) of its last heartbeat, under the 15 s GATEWAY 2 asks for.
     """
 
     #: Event streams ``ev:0 .. ev:{shards-1}``; every node of a cluster must use the same.

@@ -183,6 +183,7 @@ def _new_node(bus: Bus, url: str, origin: bytes, config: ClusterConfig) -> Node:
     def link(name: str) -> Link:
         return Link(name, url, config, counters)
 
+    reader = Reader(bus, config, counters, link("reader"), owners, origin)
     return Node(
         node_id=origin.decode(),
         config=config,
@@ -191,7 +192,7 @@ def _new_node(bus: Bus, url: str, origin: bytes, config: ClusterConfig) -> Node:
         outbox=outbox,
         owners=owners,
         publisher=Publisher(bus, config, counters, outbox, link("publisher"), origin),
-        reader=Reader(bus, config, counters, link("reader"), owners, origin),
-        heartbeat=Heartbeat(bus, config, counters, link("heartbeat"), owners, origin),
+        reader=reader,
+        heartbeat=Heartbeat(bus, config, counters, link("heartbeat"), owners, reader, origin),
         origin=origin,
     )

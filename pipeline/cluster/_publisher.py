@@ -5,10 +5,11 @@ Two tasks, so the bus never waits on Redis:
 - the *drain* reads a ``local_only`` subscription of every event (events of runs this bus
   knows from ``ingest`` are left out, so nothing ingested is echoed back) and moves each into
   the :class:`~pipeline.cluster._outbox.Outbox`, which never waits;
-- the *writer* takes up to ``batch_size`` entries at a time and writes them in one pipelined
-  round trip of ``XADD ev:{n} MAXLEN ~ maxlen`` (control entries to ``ctl``). A batch that
-  fails goes back to the front of the outbox and is written again after the reconnect; Redis
-  may have taken part of it, and the readers' ``ingest`` drops those as duplicates.
+- the *writer* takes up to ``batch_size`` entries at a time and writes the events in one round
+  trip, an ``XADD ev:{n} MAXLEN ~ maxlen`` each inside one script call (control entries go to
+  ``ctl``). A batch that fails goes back to the front of the outbox and is written again after
+  the reconnect; if Redis did take it (the reply was lost), the readers' ``ingest`` drops the
+  copies as duplicates.
 
 The subscription uses ``Overflow.BLOCK`` with a large buffer (``subscription_buffer``): its
 reader only moves events between two in-memory queues, so it falls behind only if it cannot
@@ -33,7 +34,7 @@ from .._bus import Bus
 from .._event import DROPPED_STREAM
 from .._subscription import SLOW_CONSUMER, SUBSCRIBER_FAILED
 from ._config import ClusterConfig, Counters
-from ._layout import CONTROL_STREAM, event_entry
+from ._layout import CONTROL_STREAM, XADD_EVENTS, event_batch
 from ._link import Client, Link
 from ._outbox import Outbox
 
@@ -95,30 +96,23 @@ class Publisher:
             await self.write_batch(client)
 
     async def write_batch(self, client: Client) -> None:
-        """Write up to ``batch_size`` pending entries in one round trip; on failure they go
-        back to the front of the outbox and the failure propagates."""
+        """Write up to ``batch_size`` pending entries (events in one round trip); on failure
+        they all go back to the front of the outbox and the failure propagates."""
         config = self.config
         control, events = self.outbox.take(config.batch_size)
         try:
             with trio.fail_after(config.command_timeout):
-                async with client.pipeline(transaction=False) as pipe:
-                    for fields in control:
-                        pipe.xadd(
-                            CONTROL_STREAM,
-                            fields,
-                            trim_strategy=PureToken.MAXLEN,
-                            threshold=config.control_maxlen,
-                            trim_operator=PureToken.APPROXIMATELY,
-                        )
-                    for event in events:
-                        key, fields = event_entry(self.origin, event, config.shards)
-                        pipe.xadd(
-                            key,
-                            fields,
-                            trim_strategy=PureToken.MAXLEN,
-                            threshold=config.maxlen,
-                            trim_operator=PureToken.APPROXIMATELY,
-                        )
+                for fields in control:  # rare: one round trip each is fine
+                    await client.xadd(
+                        CONTROL_STREAM,
+                        fields,
+                        trim_strategy=PureToken.MAXLEN,
+                        threshold=config.control_maxlen,
+                        trim_operator=PureToken.APPROXIMATELY,
+                    )
+                if events:
+                    keys, args = event_batch(self.origin, events, config.shards, config.maxlen)
+                    await client.register_script(XADD_EVENTS)(keys=keys, args=args)
         except BaseException:
             self.outbox.put_back(control, events)
             raise

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
 
 import attrs
 import trio
 from coredis.response.types import StreamEntry
 
 from .._bus import Bus
-from .._errors import BusClosed, InvalidEvent, LimitExceeded, RunAlreadyActive
-from .._event import CHAT, LIFECYCLE
+from .._errors import BusClosed, EventTooLarge, InvalidEvent, LimitExceeded, RunAlreadyActive
+from .._event import Event, annotation_kind, is_terminal
 from ._config import ClusterConfig, Counters
 from ._layout import (
     ABORT,
@@ -37,18 +36,18 @@ from ._layout import (
     FIELD_RUN,
     FIELD_TARGET,
     FIELD_WIRE,
+    START_ID,
     Fields,
+    entry_order,
+    last_entry_id,
     stream_keys,
 )
 from ._link import Client, Link
 from ._owners import Owners
 
-__all__ = ["Reader"]
+__all__ = ["Reader", "stream_ends"]
 
 _log = logging.getLogger("pipeline.cluster")
-
-#: The ID to read a stream from when it does not exist yet: everything written to it.
-_START = b"0-0"
 
 
 @attrs.define(eq=False)
@@ -76,7 +75,7 @@ class Reader:
         config = self.config
         await self._check_server(client)
         if self._last_ids is None:
-            self._last_ids = await _stream_ends(client, stream_keys(config.shards), config)
+            self._last_ids = await stream_ends(client, stream_keys(config.shards), config)
         last_ids = self._last_ids
         ready()
         timeout = config.block_ms / 1000 + config.command_timeout
@@ -92,6 +91,17 @@ class Reader:
                     except BusClosed:
                         return  # the bus is closing: nothing more to ingest
                     last_ids[key] = entry.identifier  # type: ignore[assignment]  # bytes
+
+    def has_read(self, ends: Mapping[bytes, bytes]) -> bool:
+        """Whether every entry up to ``ends`` (stream key -> entry ID) has been read and
+        taken into the bus."""
+        last_ids = self._last_ids
+        if last_ids is None:
+            return False
+        return all(
+            entry_order(last_ids.get(key, START_ID)) >= entry_order(end)
+            for key, end in ends.items()
+        )
 
     async def _check_server(self, client: Client) -> None:
         with trio.fail_after(self.config.command_timeout):
@@ -117,8 +127,8 @@ class Reader:
     async def _ingest(self, origin: bytes, wire: bytes | None, entry: StreamEntry) -> None:
         counters = self.counters
         try:
-            obj = _parse(wire, self.bus.config.max_event_bytes)
-            published = await self.bus.ingest(obj)
+            event = _parse(wire, self.bus.config.max_event_bytes)
+            published = await self.bus.ingest(event)
         except InvalidEvent as exc:  # not JSON, or not a valid event
             self._invalid(entry.identifier, exc)
             return
@@ -134,13 +144,12 @@ class Reader:
             return
         if not published:
             counters.duplicates += 1
-            return
-        counters.ingested += 1
-        stream = obj["stream"]
-        if stream == LIFECYCLE and obj["data"].get("phase") in ("end", "error"):
-            self.owners.forget(obj["runId"])
-        elif stream != CHAT:
-            self.owners.record(obj["runId"], origin)
+        else:
+            counters.ingested += 1
+            if is_terminal(event):
+                self.owners.forget(event.run_id)
+            elif annotation_kind(event) is None:
+                self.owners.record(event.run_id, origin)
 
     def _invalid(self, identifier: object, why: object) -> None:
         """Count an entry that is not what the layout says, and skip it. Logged at the 1st,
@@ -176,23 +185,26 @@ def _is_power_of_two(count: int) -> bool:
     return count & (count - 1) == 0
 
 
-def _parse(wire: bytes | None, max_bytes: int) -> Any:
-    """The wire dict an event entry carries; :exc:`InvalidEvent` if there is none.
+def _parse(wire: bytes | None, max_bytes: int) -> Event:
+    """The event an entry's ``wire`` field carries; :exc:`InvalidEvent` if it carries none.
 
-    A wire larger than ``max_bytes`` is refused unparsed (writers use compact JSON, the form
-    the bus measures), so a huge entry costs no parsing.
+    The size limit applies to the wire bytes as they are, before parsing, so a huge entry
+    costs no parsing. Writers use compact UTF-8 JSON, the form ``Bus.ingest`` measures a wire
+    dict in; handing the bus a checked :class:`Event` spares it measuring again (a second
+    ``json.dumps`` of every event, 15% of a reader's time).
     """
     if wire is None:
         raise InvalidEvent("an event entry needs a wire field")
     if len(wire) > max_bytes:
-        raise InvalidEvent(f"the event is {len(wire)} bytes; the limit is {max_bytes}")
+        raise EventTooLarge(f"event is {len(wire)} bytes; the limit is {max_bytes}")
     try:
-        return json.loads(wire)
+        obj = json.loads(wire)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise InvalidEvent(f"the wire field is not JSON: {exc}") from exc
+    return Event.from_wire(obj)
 
 
-async def _stream_ends(
+async def stream_ends(
     client: Client, keys: list[bytes], config: ClusterConfig
 ) -> dict[bytes, bytes]:
     """The last entry ID of each stream (``0-0`` for a stream that does not exist yet)."""
@@ -200,7 +212,4 @@ async def _stream_ends(
         async with client.pipeline(transaction=False) as pipe:
             requests = [pipe.xrevrange(key, count=1) for key in keys]
         lasts = [await request for request in requests]
-    return {
-        key: last[0].identifier if last else _START  # type: ignore[misc]
-        for key, last in zip(keys, lasts, strict=True)
-    }
+    return {key: last_entry_id(last) for key, last in zip(keys, lasts, strict=True)}

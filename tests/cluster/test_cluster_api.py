@@ -40,7 +40,7 @@ class TestClusterConfig:
         assert (config.shards, config.maxlen, config.batch_size) == (16, 100_000, 100)
         assert (config.max_pending, config.block_ms) == (10_000, 1000)
         assert (config.heartbeat_interval, config.heartbeat_ttl) == (2.0, 6.0)
-        assert config.heartbeat_ttl + config.heartbeat_interval <= 15
+        assert config.heartbeat_ttl + 2 * config.heartbeat_interval <= 15
 
     @pytest.mark.parametrize(
         ("field", "value"),

@@ -12,7 +12,7 @@ import pipeline as pl
 import pipeline.cluster as plc
 from pipeline.testing import collect_until, is_terminal
 
-from .conftest import RedisServer, joined, queued, wait_until
+from .conftest import FAST, RedisServer, joined, queued, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTEXT = pl.RunContext(session_key="s")
@@ -94,6 +94,31 @@ class TestNodeLoss:
         assert events[-1].data["aborted"] is True
         assert (stats.nodes_lost, stats.runs_lost) == (1, 1)
 
+    async def test_a_node_that_left_is_not_lost_while_its_last_events_are_unread_here(
+        self, redis_server: RedisServer
+    ) -> None:
+        async def talks(run: pl.Run) -> None:
+            for n in range(50):
+                await run.emit("assistant", {"delta": f"{n} "})
+
+        # Bus B's router waits for a subscriber that reads nothing, so its reader falls behind.
+        config_b = pl.BusConfig(router_buffer=4, block_timeout=30.0, run_idle_timeout=60.0)
+        with trio.fail_after(15):
+            async with pl.open_bus(config_b) as bus_b:
+                async with plc.join(bus_b, redis_server.url, node_id="b", config=FAST) as node_b:
+                    async with bus_b.subscribe(buffer=1) as stuck:
+                        async with joined(redis_server.url, "a") as (bus_a, _):
+                            await (await bus_a.start_run(talks, run_id="r1")).wait()
+                        # Node A has left: its key is gone, its run's end unread on B.
+                        await trio.sleep(8 * FAST.heartbeat_interval)
+                        assert "r1" in bus_b.live_runs()
+                        events = await collect_until(stuck, is_terminal)
+                    stats = node_b.statistics()
+        assert events[-1].data["phase"] == "end"
+        assert "aborted" not in events[-1].data
+        assert (stats.nodes_lost, stats.runs_lost) == (0, 0)
+        assert bus_b.statistics().runs_by_outcome["ok"] == 1
+
     async def test_killing_a_node_process_ends_its_runs_on_the_others_as_node_lost(
         self, redis_server: RedisServer
     ) -> None:
@@ -120,6 +145,6 @@ class TestNodeLoss:
         assert [e.stream for e in events][-1] == "lifecycle"
         assert events[-1].data["stopReason"] == "node lost"
         assert (stats.nodes_lost, stats.runs_lost) == (1, 1)
-        # The key lapses within its TTL (0.6 s); the watch runs every 0.2 s.
-        assert detected_in < 0.6 + 0.2 + 0.5
+        # The key lapses within its TTL (0.6 s); two checks 0.2 s apart find it gone.
+        assert detected_in < 0.6 + 2 * 0.2 + 0.5
         assert bus_b.statistics().runs_by_outcome["aborted"] == 1
