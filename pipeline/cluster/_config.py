@@ -96,6 +96,10 @@ class ClusterStatistics:
     ingested: int
     #: Entries the bus dropped as duplicates (a batch written again after a broken connection).
     duplicates: int
+    #: Seq gaps in the runs read from the streams: events lost upstream (dropped while Redis
+    #: was away, trimmed, lost in a server restart). The bus shows each to subscribers as a
+    #: ``seq gap`` error event.
+    gaps: int
     #: Entries of this node, skipped on reading by their origin field before any parsing.
     skipped_own: int
     #: Entries that are not events (bad JSON, missing fields, refused by ``ingest`` as invalid)
@@ -132,6 +136,7 @@ class Counters:
     resubscribes: int = 0
     ingested: int = 0
     duplicates: int = 0
+    gaps: int = 0
     skipped_own: int = 0
     invalid_entries: int = 0
     rejected_entries: int = 0

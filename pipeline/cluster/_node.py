@@ -69,6 +69,7 @@ class Node:
             resubscribes=c.resubscribes,
             ingested=c.ingested,
             duplicates=c.duplicates,
+            gaps=c.gaps,
             skipped_own=c.skipped_own,
             invalid_entries=c.invalid_entries,
             rejected_entries=c.rejected_entries,

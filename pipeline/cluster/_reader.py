@@ -144,12 +144,13 @@ class Reader:
             return
         if not published:
             counters.duplicates += 1
-        else:
-            counters.ingested += 1
+            return
+        counters.ingested += 1
+        if annotation_kind(event) is None:
+            if self.owners.saw(event.run_id, origin, event.seq):
+                counters.gaps += 1
             if is_terminal(event):
                 self.owners.forget(event.run_id)
-            elif annotation_kind(event) is None:
-                self.owners.record(event.run_id, origin)
 
     def _invalid(self, identifier: object, why: object) -> None:
         """Count an entry that is not what the layout says, and skip it. Logged at the 1st,

@@ -55,6 +55,7 @@ class TestRestart:
         assert "aborted" not in events[-1].data  # not taken for a lost node
         assert events[-1].seq == 62  # the start, 60 ticks and the end
         assert_losses_are_reported(events)
+        assert stats_b.gaps == sum(is_gap(e) for e in events)
         assert stats_b.reconnects >= 1
         assert stats_b.server_restarts == 1
         assert stats_a.connected
@@ -70,7 +71,7 @@ class TestOutboundBound:
         config = attrs.evolve(FAST, max_pending=20)
         with trio.fail_after(15):
             async with joined(redis_server.url, "a", config) as (bus_a, node_a):
-                async with joined(redis_server.url, "b") as (bus_b, _):
+                async with joined(redis_server.url, "b") as (bus_b, node_b):
                     async with (
                         bus_a.subscribe(run_id="r1", buffer=1000) as on_a,
                         bus_b.subscribe(run_id="r1", buffer=1000) as on_b,
@@ -89,6 +90,7 @@ class TestOutboundBound:
                         await redis_server.start()
                         remote = await collect_until(on_b, is_terminal)
                         await wait_until(lambda: node_a.statistics().pending_outbound == 0)
+                    assert node_b.statistics().gaps == 1
         # The bus and its local subscribers never noticed: all 57 events, nothing dropped.
         assert [e.seq for e in local] == list(range(1, 58))
         bus_stats = bus_a.statistics()
