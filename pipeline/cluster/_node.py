@@ -94,8 +94,9 @@ class Node:
         return True
 
     async def _leave(self) -> None:
-        """Write what is pending, then delete the heartbeat key, so the other nodes end this
-        node's runs within one heartbeat interval; bounded by ``close_timeout``, shielded."""
+        """Write what is pending, then delete the heartbeat key, so the other nodes end the
+        runs this node still has within about two heartbeat intervals (once they have read
+        what it wrote); bounded by ``close_timeout``, shielded from cancellation."""
         config = self.config
         with trio.CancelScope(shield=True), trio.move_on_after(config.close_timeout) as scope:
             client = new_client(self._publisher.link.url, config)
