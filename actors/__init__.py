@@ -5,6 +5,7 @@ Nothing here knows about agents or events; ``pipeline`` builds the agent event b
 
 from ._broadcast import Group as Group
 from ._broadcast import Member as Member
+from ._cancel import RUN_CONTEXT as RUN_CONTEXT
 from ._cancel import WrongRun as WrongRun
 from ._cancel import cancel_requested as cancel_requested
 from ._cancel import cancel_requested_in as cancel_requested_in
@@ -26,6 +27,7 @@ from ._supervisor import open_supervisor as open_supervisor
 
 __all__ = [
     "ROUTER_STOPPED",
+    "RUN_CONTEXT",
     "SLOW_CONSUMER",
     "SUBSCRIBER_FAILED",
     "Dropped",

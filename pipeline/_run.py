@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 import attrs
 import trio
 
-from actors import cancel_requested_in
+from actors import RUN_CONTEXT, cancel_requested_in
 
 from ._actor import RUNNING, Phase, RunActor
 from ._config import RunContext
@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("pipeline.run")
-_current_task = trio.lowlevel.current_task
 
 #: The error text of a run ended by ``run_idle_timeout``.
 IDLE_TIMEOUT_ERROR = "run idle timeout"
@@ -130,9 +129,9 @@ async def emit(
     """
     # Inlined cancel_requested_in(): this is every emit's first step (see _subscription).
     try:
-        task = _current_task()
+        task = RUN_CONTEXT.task
         fast = task._runner is core.runner and not task._cancel_status.effectively_cancelled
-    except (RuntimeError, AttributeError):
+    except AttributeError:
         fast = False
     if not fast and cancel_requested_in(core.run, WRONG_THREAD):
         await trio.lowlevel.checkpoint()

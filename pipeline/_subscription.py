@@ -9,6 +9,7 @@ import trio
 
 from actors import (
     ROUTER_STOPPED,
+    RUN_CONTEXT,
     SLOW_CONSUMER,
     SUBSCRIBER_FAILED,
     Dropped,
@@ -88,9 +89,9 @@ class Subscription:
         # trio run; no cancellation is pending) and a read from the shared log are inlined
         # here; anything unusual takes the general path below.
         try:
-            task = _current_task()
+            task = RUN_CONTEXT.task
             fast = task._runner is self._runner and not task._cancel_status.effectively_cancelled
-        except (RuntimeError, AttributeError):
+        except AttributeError:
             fast = False
         reader = self._reader
         if fast and reader.attached:
@@ -98,7 +99,6 @@ class Subscription:
             pos = reader.pos
             if pos < group.end:
                 reader.pos = pos + 1
-                reader.log_reads += 1
                 event = group.items[pos - group.base]
                 if pos + 1 == group.end and len(group.members) == 1:
                     group.caught_up()
