@@ -20,7 +20,7 @@ Finding the slowest member costs a scan of the members, done only when the log h
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import attrs
@@ -78,6 +78,18 @@ class Group(Generic[T]):
         if self._waiting:
             self._waiting -= len(self._readers.unpark_all())
         return spilled
+
+    def takes(self, count: int) -> bool:
+        """Whether :meth:`extend` can add ``count`` items: no member is near spilling (that
+        is, the log has not grown ``capacity`` past the last known slowest position)."""
+        return self.end + count - self._low <= self.capacity
+
+    def extend(self, items: list[T]) -> None:
+        """:meth:`append` each of ``items``, when :meth:`takes` says no member spills."""
+        self.items += items
+        self.end += len(items)
+        if self._waiting:
+            self._waiting -= len(self._readers.unpark_all())
 
     def _rebase(self, end: int) -> list[Member[T]] | None:
         """Find the slowest member, spill those too far behind, forget what all have read."""
@@ -162,6 +174,24 @@ class Group(Generic[T]):
         except BaseException:
             self._waiting -= 1
             raise
+
+
+def extend_logs(subscribers: Iterable[Subscriber[T]], items: list[T]) -> bool:
+    """Append ``items`` to every one of ``subscribers`` at once, if each is a shared log
+    without a filter that takes them all without a member spilling; else add nothing and
+    return False (the router then offers the items one by one).
+
+    The outcome is what offering them one by one would give: every log gets every item, in
+    order, and nothing else happens per item when no member spills.
+    """
+    count = len(items)
+    for subscriber in subscribers:
+        group = subscriber.group
+        if group is None or subscriber.accepts is not None or not group.takes(count):
+            return False
+    for subscriber in subscribers:
+        subscriber.group.extend(items)  # type: ignore[union-attr]  # checked above
+    return True
 
 
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP, weakref_slot=False)

@@ -58,6 +58,17 @@ class Subscriber(Generic[T]):
     #: Order of joining: full ``BLOCK`` subscribers are waited for in this order.
     number: int = 0
 
+    def spilled(self, member: Member[T], routed: int) -> Subscriber[T]:
+        """The router attachment of a member of this (group) subscriber's log that left it
+        for its own mailbox, once the router has routed ``routed`` items."""
+        assert member.mailbox is not None
+        subscriber = Subscriber(
+            member.mailbox, self.accepts, starts_at=routed, index=self.index, number=member.number
+        )
+        member.subscriber = subscriber
+        subscriber.member = member
+        return subscriber
+
 
 #: The mailbox slot of a group's attachment, which items never reach (they go to its log).
 GROUP_MAILBOX: Mailbox[Any] = Mailbox(1)
