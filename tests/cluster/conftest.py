@@ -96,14 +96,23 @@ class RedisServer:
 
 
 @pytest.fixture
-async def redis_server() -> AsyncIterator[RedisServer]:
+def redis_executable() -> str:
+    """The ``redis-server`` binary: skipped without one locally, failed under CI.
+
+    A plain fixture, so the skip or failure is reported as it is (not from inside trio).
+    """
     executable = shutil.which("redis-server")
     if executable is None:
         message = "redis-server not installed: apt-get install redis-server"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    server = RedisServer(executable, _free_port())
+    return executable
+
+
+@pytest.fixture
+async def redis_server(redis_executable: str) -> AsyncIterator[RedisServer]:
+    server = RedisServer(redis_executable, _free_port())
     await server.start()
     try:
         yield server
