@@ -402,7 +402,6 @@ class WebSocketClient:
     ) -> None:
         hub = self.hub
         config = hub.config
-        payloads = hub.payloads
         with trio.CancelScope() as scope:
             subscription = hub.bus.subscribe(
                 session_key=key, overflow=Overflow.DROP_OLDEST, buffer=config.client_buffer
@@ -427,13 +426,9 @@ class WebSocketClient:
                         # lets the subscription drop deltas (a gap) instead.
                         if not outbox.has_room():
                             await outbox.wait_room()
-                        if event.stream == _event.DROPPED_STREAM:
-                            count = event.data["count"]
-                            hub.counters.events_dropped += count
-                            self._event("gap", {"sessionKey": key, "dropped": count})
-                        elif not dedupe.is_duplicate(event):
-                            name = "chat" if event.stream == _event.CHAT else "agent"
-                            self._event_json(name, payloads.payload(event))
+                        frame = hub.frame(key, event, dedupe)
+                        if frame is not None:
+                            self._event_json(*frame)
                 if sub.closed_reason == SLOW_CONSUMER:
                     self.close(POLICY_VIOLATION, SLOW)
         if self.sessions.get(key) is scope:
@@ -445,22 +440,12 @@ class WebSocketClient:
         """The frames that bring a resuming client up to date, and what they cover."""
         replay = self.hub.replay
         frames: list[tuple[str, str]] = []
-        resynced: set[str] = set()
         for run_id, last_seq in resume.items():
             record = replay.run(run_id)
             if record is None or record.session_key != key:
                 continue
             if record.forgotten_through > last_seq:
-                resynced.add(run_id)
-                self.hub.counters.resyncs += 1
-                chat = record.chat or "null"
-                frames.append(
-                    (
-                        "resync",
-                        f'{{"sessionKey":{json.dumps(key)},"runId":'
-                        f'{json.dumps(run_id)},"chat":{chat}}}',
-                    )
-                )
+                frames.append(("resync", self.hub.resync(key, run_id, record)))
         for entry in replay.session(key):
             event = entry.event
             have = resume.get(event.run_id)

@@ -3,18 +3,20 @@ failed-handshake table, the frame encoder and the counters."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import attrs
 import trio
 
+from .. import _event
 from .._bus import Bus
 from .._config import RunContext
 from .._errors import PipelineError
 from .._event import Event
 from .._run import Run
 from ._config import Agent, GatewayConfig
-from ._replay import Recorder, ReplayBuffer, encode_payload
+from ._replay import Deduper, Recorder, ReplayBuffer, RunRecord, encode_payload
 from ._tokens import AuthFailures
 
 __all__ = ["Counters", "GatewayStatistics", "Hub", "PayloadCache", "RunRefused"]
@@ -169,6 +171,24 @@ class Hub:
         except PipelineError as exc:  # too many runs, the run id is live, the bus closed
             raise RunRefused(str(exc)) from exc
         return run_id
+
+    def frame(self, key: str, event: Event, dedupe: Deduper) -> tuple[str, str] | None:
+        """What a session stream of ``key`` sends for ``event``: ``("gap", payload)`` for a
+        drop marker (counted), ``None`` for what its replay already sent, else ``("agent" |
+        "chat", payload)`` with the payload encoded once for every client."""
+        if event.stream == _event.DROPPED_STREAM:
+            count = event.data["count"]
+            self.counters.events_dropped += count
+            return "gap", json.dumps({"sessionKey": key, "dropped": count})
+        if dedupe.is_duplicate(event):
+            return None
+        return ("chat" if event.stream == _event.CHAT else "agent"), self.payloads.payload(event)
+
+    def resync(self, key: str, run_id: str, record: RunRecord) -> str:
+        """The ``resync`` payload for a run the replay buffer has partly forgotten (counted)."""
+        self.counters.resyncs += 1
+        head = json.dumps({"sessionKey": key, "runId": run_id})[:-1]
+        return f'{head},"chat":{record.chat or "null"}}}'
 
     def run_session(self, run_id: str) -> tuple[bool, str | None]:
         """Whether ``run_id`` is known (live, or recently ended), and its session key."""

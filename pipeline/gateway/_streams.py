@@ -14,7 +14,6 @@ event, a seq-gap report) adds its kind, ``runId:seq:final``, so every id names o
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Awaitable, Callable, Iterable
 
 import h11
@@ -135,12 +134,8 @@ async def serve_session_events(
             entries, found = _after(hub.replay.session(key), point)
             record = hub.replay.run(point[0])
             if not found and record is not None and record.forgotten_through >= point[1]:
-                hub.counters.resyncs += 1
-                snapshot = {"sessionKey": key, "runId": point[0], "chat": None}
-                text = json.dumps(snapshot)
-                if record.chat is not None:
-                    text = text[:-5] + record.chat + "}"
-                outbox.put(stream_chunk(request, _sse("resync", text)))
+                resync = hub.resync(key, point[0], record)
+                outbox.put(stream_chunk(request, _sse("resync", resync)))
             for entry in entries:
                 dedupe.sent(entry.event)
                 outbox.put(stream_chunk(request, _frame(entry.event, entry.payload)))
@@ -151,15 +146,11 @@ async def serve_session_events(
                     # Per event, as the WebSocket pump does: see _client.WebSocketClient._pump.
                     if not outbox.has_room():
                         await outbox.wait_room()
-                    if event.stream == _event.DROPPED_STREAM:
-                        count = event.data["count"]
-                        hub.counters.events_dropped += count
-                        gap = json.dumps({"sessionKey": key, "dropped": count})
-                        outbox.put(stream_chunk(request, _sse("gap", gap)))
-                    elif not dedupe.is_duplicate(event):
+                    frame = hub.frame(key, event, dedupe)
+                    if frame is not None:
                         hub.counters.frames_sent += 1
-                        chunk = _frame(event, hub.payloads.payload(event))
-                        outbox.put(stream_chunk(request, chunk))
+                        ident = None if frame[0] == "gap" else event_id(event)
+                        outbox.put(stream_chunk(request, _sse(*frame, ident)))
 
         await _stream(hub, sock, outbox, _guarded(feed))
 
