@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-__all__ = ["WsClient", "connect", "open_ws"]
+__all__ = [
+    "WsClient",
+    "agent_seqs",
+    "check_no_silent_hole",
+    "connect",
+    "is_terminal",
+    "open_ws",
+]
 
 
 @attrs.define(eq=False)
@@ -65,6 +73,39 @@ def is_terminal(frame: dict[str, Any], run_id: str | None = None) -> bool:
     if run_id is not None and payload["runId"] != run_id:
         return False
     return payload["stream"] == "lifecycle" and payload["data"]["phase"] in ("end", "error")
+
+
+def check_no_silent_hole(frames: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Assert the outer seqs of event frames are consecutive, and that each run's agent seqs
+    are consecutive except across a ``gap`` frame; the dropped counts of the gaps, by session."""
+    outer = [f["seq"] for f in frames if f["type"] == "event"]
+    assert outer == list(range(outer[0], outer[0] + len(outer))), "outer seq has a hole"
+    last: dict[str, int] = {}
+    gapped: set[str] = set()
+    dropped: dict[str, int] = collections.Counter()
+    for frame in frames:
+        if frame.get("event") == "gap":
+            payload = frame["payload"]
+            assert payload["dropped"] >= 1, payload
+            dropped[payload["sessionKey"]] += payload["dropped"]
+            gapped.update(last)  # any run of the session may have lost events here
+        elif frame.get("event") == "agent":
+            payload = frame["payload"]
+            run_id, seq = payload["runId"], payload["seq"]
+            if run_id in last and run_id not in gapped:
+                assert seq == last[run_id] + 1, f"silent hole in {run_id}: {last[run_id]} -> {seq}"
+            assert run_id not in last or seq > last[run_id], "seq went backwards"
+            last[run_id] = seq
+            gapped.discard(run_id)
+    return dict(dropped)
+
+
+def agent_seqs(frames: Iterable[dict[str, Any]], run_id: str) -> list[int]:
+    return [
+        f["payload"]["seq"]
+        for f in frames
+        if f.get("event") == "agent" and f["payload"]["runId"] == run_id
+    ]
 
 
 @asynccontextmanager

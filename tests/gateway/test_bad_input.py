@@ -15,20 +15,20 @@ import trio
 from wsproto.connection import ConnectionState
 from wsproto.events import AcceptConnection, Ping, TextMessage
 
-from ._client import connect, is_terminal
-from .conftest import ADMIN, ALICE, Served
-from .test_slow_clients import (
+from ._client import agent_seqs, connect, is_terminal
+from ._raw import (
     BINARY,
     CLOSE,
     CONTINUATION,
     TEXT,
     RawClient,
-    agent_seqs,
-    open_socket,
+    http_exchange,
     raw_client,
+    status_of,
     wait_until,
     ws_frame,
 )
+from .conftest import ADMIN, ALICE, Served
 
 # ---- a client connected all along, and the check that the gateway still serves --------------
 
@@ -58,34 +58,6 @@ async def assert_still_serving(served: Served, bystander: RawClient) -> None:
     assert bystander.close is None
 
 
-async def http_exchange(served: Served, data: bytes, *, shut: bool = False) -> bytes:
-    """Send raw bytes on a new connection and read whatever comes back until the server
-    closes it."""
-    stream = await open_socket(served.url)
-    async with stream:
-        try:
-            await stream.send_all(data)
-            if shut:
-                await stream.send_eof()
-        except trio.BrokenResourceError:
-            pass
-        received = bytearray()
-        while True:
-            try:
-                chunk = await stream.receive_some(65_536)
-            except trio.BrokenResourceError:  # reset: the server closed with unread input
-                break
-            if not chunk:
-                break
-            received += chunk
-        return bytes(received)
-
-
-def status_of(response: bytes) -> int:
-    assert response.startswith(b"HTTP/1.1 "), response[:200]
-    return int(response[9:12])
-
-
 def upgrade_request(headers: dict[str, str]) -> bytes:
     lines = ["GET /ws HTTP/1.1", "Host: 127.0.0.1"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
@@ -108,9 +80,11 @@ class TestBadHttp:
         self, served: Served, bystander: RawClient
     ) -> None:
         with trio.fail_after(10):
-            response = await http_exchange(served, b"\x16\x03\x01\x02\x00\x01\xff garbage\r\n\r\n")
+            response = await http_exchange(
+                served.url, b"\x16\x03\x01\x02\x00\x01\xff garbage\r\n\r\n"
+            )
             assert status_of(response) == 400
-            response = await http_exchange(served, bytes(range(256)) * 4)
+            response = await http_exchange(served.url, bytes(range(256)) * 4)
             assert status_of(response) == 400
             assert served.gateway.statistics().bad_requests == 2
             await assert_still_serving(served, bystander)
@@ -120,10 +94,10 @@ class TestBadHttp:
     ) -> None:
         with trio.fail_after(10):
             headers = dict(GOOD_UPGRADE, **{"X-Padding": "a" * 40_000})
-            response = await http_exchange(served, upgrade_request(headers))
+            response = await http_exchange(served.url, upgrade_request(headers))
             assert status_of(response) == 431
             many = {f"X-H{i}": "b" * 100 for i in range(400)}
-            response = await http_exchange(served, upgrade_request(many))
+            response = await http_exchange(served.url, upgrade_request(many))
             assert status_of(response) == 431
             await assert_still_serving(served, bystander)
 
@@ -131,7 +105,9 @@ class TestBadHttp:
         self, served: Served, bystander: RawClient
     ) -> None:
         with trio.fail_after(10):
-            response = await http_exchange(served, b"GET /ws HTTP/1.1\r\nHost: x\r\n", shut=True)
+            response = await http_exchange(
+                served.url, b"GET /ws HTTP/1.1\r\nHost: x\r\n", shut=True
+            )
             assert response == b"" or status_of(response) == 400
             await assert_still_serving(served, bystander)
 
@@ -158,14 +134,14 @@ class TestBadUpgrade:
         self, served: Served, bystander: RawClient, headers: dict[str, str]
     ) -> None:
         with trio.fail_after(10):
-            response = await http_exchange(served, upgrade_request(headers))
+            response = await http_exchange(served.url, upgrade_request(headers))
             assert 400 <= status_of(response) < 500, response
             assert served.gateway.statistics().websockets == 1  # the bystander only
             await assert_still_serving(served, bystander)
 
     async def test_a_good_upgrade_request_is_accepted(self, served: Served) -> None:
         with trio.fail_after(10):
-            response = await http_exchange(served, upgrade_request(GOOD_UPGRADE), shut=True)
+            response = await http_exchange(served.url, upgrade_request(GOOD_UPGRADE), shut=True)
             assert status_of(response) == 101
 
 

@@ -15,18 +15,9 @@ import trio
 import pipeline as pl
 from pipeline.gateway import Gateway
 
-from ._client import connect, is_terminal
+from ._client import agent_seqs, check_no_silent_hole, connect, is_terminal
+from ._raw import TEXT, RawClient, open_socket, raw_client, wait_until, ws_frame
 from .conftest import ADMIN, Served
-from .test_slow_clients import (
-    TEXT,
-    RawClient,
-    agent_seqs,
-    check_no_silent_hole,
-    open_socket,
-    raw_client,
-    wait_until,
-    ws_frame,
-)
 
 WAVES, WAVE = 10, 50
 #: What each client of a wave does, by its index modulo 10.

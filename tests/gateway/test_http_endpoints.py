@@ -3,12 +3,11 @@ garbled request gets."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import httpx
 import pytest
 import trio
 
+from ._raw import address, http_exchange
 from .conftest import ADMIN, ALICE, Served
 
 TIMEOUT = 15
@@ -18,19 +17,6 @@ async def get(url: str, path: str, token: str | None = None) -> httpx.Response:
     headers = {"authorization": f"Bearer {token}"} if token is not None else {}
     async with httpx.AsyncClient() as http:
         return await http.get(url + path, headers=headers)
-
-
-async def raw_exchange(url: str, request: bytes) -> bytes:
-    """Send ``request`` as it is on a new connection; everything the server answers."""
-    split = urlsplit(url)
-    assert split.hostname is not None
-    assert split.port is not None
-    answer = bytearray()
-    async with await trio.open_tcp_stream(split.hostname, split.port) as stream:
-        await stream.send_all(request)
-        while chunk := await stream.receive_some(65_536):
-            answer += chunk
-    return bytes(answer)
 
 
 class TestHealth:
@@ -122,23 +108,20 @@ class TestBadRequests:
     )
     async def test_a_garbage_request_gets_400(self, served: Served, request_bytes: bytes) -> None:
         with trio.fail_after(TIMEOUT):
-            answer = await raw_exchange(served.url, request_bytes)
+            answer = await http_exchange(served.url, request_bytes)
         assert answer.startswith(b"HTTP/1.1 400 ")
 
     async def test_the_server_keeps_serving_after_a_garbage_request(self, served: Served) -> None:
         with trio.fail_after(TIMEOUT):
-            await raw_exchange(served.url, b"GARBAGE\r\n\r\n")
+            await http_exchange(served.url, b"GARBAGE\r\n\r\n")
             response = await get(served.url, "/healthz")
         assert response.json() == {"ok": True}
 
     async def test_a_client_that_hangs_up_mid_request_does_not_stop_the_server(
         self, served: Served
     ) -> None:
-        split = urlsplit(served.url)
-        assert split.hostname is not None
-        assert split.port is not None
         with trio.fail_after(TIMEOUT):
-            async with await trio.open_tcp_stream(split.hostname, split.port) as stream:
+            async with await trio.open_tcp_stream(*address(served.url)) as stream:
                 await stream.send_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
             response = await get(served.url, "/healthz")
         assert response.status_code == 200

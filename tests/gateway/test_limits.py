@@ -14,9 +14,8 @@ import pipeline as pl
 from pipeline.gateway import GatewayConfig
 
 from ._client import connect
+from ._raw import TEXT, http_exchange, raw_client, status_of, wait_until, ws_frame
 from .conftest import ADMIN, ALICE, Served
-from .test_bad_input import http_exchange, status_of
-from .test_slow_clients import TEXT, raw_client, wait_until, ws_frame
 
 
 class TestConnections:
@@ -31,9 +30,11 @@ class TestConnections:
                 raw_client(served.url, ALICE) as third,
             ):
                 assert served.gateway.statistics().connections == 3
-                response = await http_exchange(served, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                response = await http_exchange(
+                    served.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                )
                 assert status_of(response) == 503
-                response = await http_exchange(served, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+                response = await http_exchange(served.url, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert status_of(response) == 503
                 stats = served.gateway.statistics()
                 assert (stats.connections_refused, stats.connections_total) == (2, 3)
@@ -42,7 +43,9 @@ class TestConnections:
                 assert res["ok"], res
                 await third.close_normally()
                 await wait_until(lambda: served.gateway.statistics().connections == 2)
-                response = await http_exchange(served, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                response = await http_exchange(
+                    served.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                )
                 assert status_of(response) == 200
             await wait_until(lambda: served.gateway.statistics().connections == 0)
             assert served.gateway.statistics().connections_refused == 2
