@@ -8,16 +8,23 @@ import json
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
-from trio_websocket import WebSocketConnection, open_websocket_url
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url, wrap_client_stream
 
 __all__ = [
     "WsClient",
     "agent_seqs",
+    "chat_send",
     "check_no_silent_hole",
     "connect",
+    "connect_owned",
+    "finish",
+    "handshake",
     "is_terminal",
+    "open_owned_ws",
     "open_ws",
 ]
 
@@ -116,13 +123,66 @@ async def open_ws(url: str) -> AsyncIterator[WebSocketConnection]:
 
 
 @asynccontextmanager
+async def open_owned_ws(url: str) -> AsyncIterator[WebSocketConnection]:
+    """A WebSocket to ``url``'s ``/ws`` on a TCP stream this helper closes.
+
+    For tests whose server closes the socket: trio-websocket 0.12 never closes a client's TCP
+    stream when the server closes first (its ``aclose`` returns early once a close reason is
+    set), which leaks the socket, and ``filterwarnings = error`` turns the ``ResourceWarning``
+    into a failure. Owning the stream closes it whatever happens.
+    """
+    split = urlsplit(url)
+    assert split.hostname is not None
+    assert split.port is not None
+    stream = await trio.open_tcp_stream(split.hostname, split.port)
+    async with stream, trio.open_nursery() as nursery:
+        ws = await wrap_client_stream(nursery, stream, split.hostname, "/ws")
+        try:
+            yield ws
+        finally:
+            with trio.move_on_after(2):
+                await ws.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def handshake(ws: WebSocketConnection, token: str) -> WsClient:
+    """Answer the challenge on ``ws`` with ``token``; the client, after hello-ok."""
+    client = WsClient(ws)
+    challenge = await client.frame()
+    assert challenge["event"] == "connect.challenge"
+    response = await client.request("connect", {"auth": {"token": token}})
+    assert response["ok"], response
+    client.hello = response["payload"]
+    return client
+
+
+@asynccontextmanager
 async def connect(url: str, token: str) -> AsyncIterator[WsClient]:
     """Connect, answer the challenge with ``token``, and yield the client after hello-ok."""
     async with open_ws(url) as ws:
-        client = WsClient(ws)
-        challenge = await client.frame()
-        assert challenge["event"] == "connect.challenge"
-        response = await client.request("connect", {"auth": {"token": token}})
-        assert response["ok"], response
-        client.hello = response["payload"]
-        yield client
+        yield await handshake(ws, token)
+
+
+@asynccontextmanager
+async def connect_owned(url: str, token: str) -> AsyncIterator[WsClient]:
+    """Like :func:`connect`, on a stream of :func:`open_owned_ws`."""
+    async with open_owned_ws(url) as ws:
+        yield await handshake(ws, token)
+
+
+# ---- requests most tests make ------------------------------------------------------------------
+
+
+async def chat_send(client: WsClient, message: str, session: str = "alice", key: str = "") -> str:
+    """``chat.send`` ``message`` (the idempotency key defaults to the message); the run id."""
+    params = {"sessionKey": session, "message": message, "idempotencyKey": key or message}
+    response = await client.request("chat.send", params)
+    assert response["ok"], response
+    run_id: str = response["payload"]["runId"]
+    return run_id
+
+
+async def finish(client: WsClient, run_id: str) -> None:
+    """``agent.wait`` for ``run_id``, which must end ``ok`` within 10 s."""
+    response = await client.request("agent.wait", {"runId": run_id, "timeoutMs": 10_000})
+    assert response["payload"]["status"] == "ok", response

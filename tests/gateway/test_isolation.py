@@ -17,25 +17,12 @@ import pipeline as pl
 import pipeline.gateway
 from pipeline.gateway import GatewayConfig, Tokens
 
-from ._client import WsClient, connect, is_terminal
+from ._client import WsClient, chat_send, connect, finish, is_terminal
 from .conftest import ADMIN, ALICE, BOB_READ, Served, talker
 
 TIMEOUT = 15
 #: Session keys no one of which is a substring of another, so a leak shows in the raw text.
 SESSIONS = ("amber", "birch", "cedar", "dunes")
-
-
-async def start(client: WsClient, session: str, message: str) -> str:
-    params = {"sessionKey": session, "message": message, "idempotencyKey": message}
-    response = await client.request("chat.send", params)
-    assert response["ok"], response
-    run_id: str = response["payload"]["runId"]
-    return run_id
-
-
-async def finish(client: WsClient, run_id: str) -> None:
-    response = await client.request("agent.wait", {"runId": run_id, "timeoutMs": 10_000})
-    assert response["payload"]["status"] == "ok", response
 
 
 async def frames_until_barrier(
@@ -104,10 +91,10 @@ class TestIsolationInvariant:
             run_sessions: dict[str, str] = {}
             for number, (session, words) in enumerate(plan):
                 message = " ".join([f"{session}-{number}"] * words)
-                run_id = await start(admin, session, message)
+                run_id = await chat_send(admin, message, session)
                 run_sessions[run_id] = session
                 await finish(admin, run_id)
-            barriers = [await start(admin, f"own{i}", "barrier") for i in range(len(clients))]
+            barriers = [await chat_send(admin, "barrier", f"own{i}") for i in range(len(clients))]
             for index, client in enumerate(opened):
                 readable = wanted[index] | {f"own{index}"}
                 expected = {r for r, s in run_sessions.items() if s in readable}
@@ -163,9 +150,9 @@ class TestForbiddenRequests:
             async with connect(served.url, ADMIN) as admin, connect(served.url, ALICE) as alice:
                 await alice.request("sessions.subscribe", {"sessionKey": "bob"})
                 await alice.request("sessions.subscribe", {"sessionKey": "alice"})
-                bob_run = await start(admin, "bob", "secret words for bob")
+                bob_run = await chat_send(admin, "secret words for bob", "bob")
                 await finish(admin, bob_run)
-                barrier = await start(admin, "alice", "barrier")
+                barrier = await chat_send(admin, "barrier", "alice")
                 frames = await frames_until_barrier(alice, barrier, set())
         assert all(f["payload"]["sessionKey"] == "alice" for f in frames)
         assert "secret" not in json.dumps(frames)
@@ -186,7 +173,7 @@ class TestForbiddenRequests:
     ) -> None:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ADMIN) as admin, connect(served.url, ALICE) as alice:
-                bob_run = await start(admin, "bob", "hang on")
+                bob_run = await chat_send(admin, "hang on", "bob")
                 by_id = await alice.request("chat.abort", {"sessionKey": "bob", "runId": bob_run})
                 every = await alice.request("chat.abort", {"sessionKey": "bob"})
                 assert bob_run in served.bus.live_runs()
@@ -200,7 +187,7 @@ class TestForbiddenRequests:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ADMIN) as admin, connect(served.url, BOB_READ) as bob:
                 subscribed = await bob.request("sessions.subscribe", {"sessionKey": "bob"})
-                bob_run = await start(admin, "bob", "hang on")
+                bob_run = await chat_send(admin, "hang on", "bob")
                 response = await bob.request("chat.abort", {"sessionKey": "bob", "runId": bob_run})
                 assert bob_run in served.bus.live_runs()
                 await admin.request("chat.abort", {"sessionKey": "bob"})
@@ -212,12 +199,12 @@ class TestForbiddenRequests:
     ) -> None:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ADMIN) as admin, connect(served.url, ALICE) as alice:
-                bob_run = await start(admin, "bob", "secret words")
+                bob_run = await chat_send(admin, "secret words", "bob")
                 await finish(admin, bob_run)
                 response = await alice.request(
                     "sessions.subscribe", {"sessionKey": "alice", "resume": {bob_run: 0}}
                 )
-                barrier = await start(admin, "alice", "barrier")
+                barrier = await chat_send(admin, "barrier", "alice")
                 frames = await frames_until_barrier(alice, barrier, set())
         assert response["ok"], response
         assert bob_run not in json.dumps(frames)
@@ -226,7 +213,7 @@ class TestForbiddenRequests:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ADMIN) as admin, connect(served.url, ALICE) as alice:
                 for session in ("alice", "bob"):
-                    await finish(admin, await start(admin, session, "hello"))
+                    await finish(admin, await chat_send(admin, "hello", session))
                 listed = await alice.request("sessions.list")
         keys = [entry["sessionKey"] for entry in listed["payload"]["sessions"]]
         assert keys == ["alice"]

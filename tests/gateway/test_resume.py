@@ -14,7 +14,7 @@ import trio
 
 import pipeline as pl
 
-from ._client import WsClient, connect, is_terminal
+from ._client import WsClient, agent_seqs, chat_send, connect, finish, is_terminal
 from .conftest import ALICE, Served
 
 TIMEOUT = 15
@@ -64,27 +64,6 @@ async def stepped_run(bus: pl.Bus, session: str = "alice") -> AsyncIterator[Step
     handle = await bus.start_run(body, context=pl.RunContext(session_key=session))
     async with send:
         yield Stepped(handle.id, send, emitted)
-
-
-async def start(client: WsClient, message: str) -> str:
-    params = {"sessionKey": "alice", "message": message, "idempotencyKey": message}
-    response = await client.request("chat.send", params)
-    assert response["ok"], response
-    run_id: str = response["payload"]["runId"]
-    return run_id
-
-
-async def finish(client: WsClient, run_id: str) -> None:
-    response = await client.request("agent.wait", {"runId": run_id, "timeoutMs": 10_000})
-    assert response["payload"]["status"] == "ok", response
-
-
-def agent_seqs(frames: list[dict[str, Any]], run_id: str) -> list[int]:
-    return [
-        f["payload"]["seq"]
-        for f in frames
-        if f["event"] == "agent" and f["payload"]["runId"] == run_id
-    ]
 
 
 def chat_positions(frames: list[dict[str, Any]], run_id: str) -> list[tuple[int, str]]:
@@ -169,12 +148,12 @@ class TestResumeOfOneRun:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ALICE) as client:
                 await subscribe(client)
-                run_id = await start(client, "all seen")
+                run_id = await chat_send(client, "all seen")
                 seen = await client.events_until(lambda f: is_terminal(f, run_id))
                 last = agent_seqs(seen, run_id)[-1]
             async with connect(served.url, ALICE) as client:
                 await subscribe(client, {run_id: last})
-                later = await start(client, "something new")
+                later = await chat_send(client, "something new")
                 frames = await client.events_until(lambda f: is_terminal(f, later))
         assert agent_seqs(frames, run_id) == []
         assert all(f["event"] != "resync" for f in frames)
@@ -191,13 +170,13 @@ class TestResumeOfASession:
     ) -> None:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ALICE) as client:
-                one = await start(client, "first run")
+                one = await chat_send(client, "first run")
                 await finish(client, one)
-                two = await start(client, "second run here")
+                two = await chat_send(client, "second run here")
                 await finish(client, two)
                 response = await subscribe(client, {})
                 replayed = await client.events_until(lambda f: is_terminal(f, two))
-                three = await start(client, "third")
+                three = await chat_send(client, "third")
                 live = await client.events_until(lambda f: is_terminal(f, three))
         assert response["payload"]["replayed"] > 0
         assert agent_seqs(replayed, one) == [1, 2, 3, 4]
@@ -208,10 +187,10 @@ class TestResumeOfASession:
     async def test_subscribing_without_resume_gives_only_live_events(self, served: Served) -> None:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ALICE) as client:
-                earlier = await start(client, "before subscribing")
+                earlier = await chat_send(client, "before subscribing")
                 await finish(client, earlier)
                 response = await subscribe(client)
-                later = await start(client, "after")
+                later = await chat_send(client, "after")
                 frames = await client.events_until(lambda f: is_terminal(f, later))
         assert response["payload"].get("replayed", 0) == 0
         assert {f["payload"]["runId"] for f in frames} == {later}
@@ -226,7 +205,7 @@ class TestResync:
         words = "a b c d e f g h"
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ALICE) as client:
-                run_id = await start(client, words)
+                run_id = await chat_send(client, words)
                 await finish(client, run_id)
                 await subscribe(client, {run_id: 1})
                 frame = await client.event()
@@ -245,10 +224,10 @@ class TestResync:
     ) -> None:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ALICE) as client:
-                run_id = await start(client, "a b c d e f g h")
+                run_id = await chat_send(client, "a b c d e f g h")
                 await finish(client, run_id)
                 response = await subscribe(client, {run_id: 1})
-                later = await start(client, "x")
+                later = await chat_send(client, "x")
                 frames = await client.events_until(lambda f: is_terminal(f, later))
         assert frames[0]["event"] == "resync"
         seqs = agent_seqs(frames, run_id)
@@ -259,7 +238,7 @@ class TestResync:
     async def test_a_resume_the_buffer_still_covers_gets_no_resync(self, served: Served) -> None:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ALICE) as client:
-                run_id = await start(client, "a b c d e f g h")
+                run_id = await chat_send(client, "a b c d e f g h")
                 await finish(client, run_id)
                 await subscribe(client, {run_id: 1})
                 frames = await client.events_until(lambda f: is_terminal(f, run_id))

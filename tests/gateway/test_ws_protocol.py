@@ -1,27 +1,30 @@
 """The WebSocket protocol of ``/ws`` (GATEWAY 1.3): handshake, methods, errors, event frames.
 
-Tests whose server closes the socket open it with :func:`open_owned_ws`: trio-websocket 0.12
-never closes a client's TCP stream when the server closes first (its ``aclose`` returns early
-once a close reason is set), which leaks the socket, and ``filterwarnings = error`` turns the
-``ResourceWarning`` into a failure. Owning the stream closes it whatever happens.
+Tests whose server closes the socket open it with ``_client.open_owned_ws`` (its docstring says
+why).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import trio
 import trio.testing
-from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, wrap_client_stream
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
 import pipeline as pl
 
-from ._client import WsClient, connect, is_terminal
+from ._client import (
+    WsClient,
+    agent_seqs,
+    chat_send,
+    connect,
+    connect_owned,
+    is_terminal,
+    open_owned_ws,
+)
 from .conftest import ADMIN, ALICE, BOB_READ, Served
 
 TIMEOUT = 15
@@ -32,36 +35,6 @@ def real_time_clock() -> trio.testing.MockClock:
     """Real time that starts at 0 (so a test does not straddle a failure-budget minute) and
     that a test may move forward with ``jump`` (so a token bucket refills without a sleep)."""
     return trio.testing.MockClock(rate=1.0)
-
-
-@asynccontextmanager
-async def open_owned_ws(url: str) -> AsyncIterator[WebSocketConnection]:
-    """A WebSocket to ``url``'s ``/ws`` on a TCP stream this helper closes (module docstring)."""
-    split = urlsplit(url)
-    assert split.hostname is not None
-    assert split.port is not None
-    stream = await trio.open_tcp_stream(split.hostname, split.port)
-    async with stream, trio.open_nursery() as nursery:
-        ws = await wrap_client_stream(nursery, stream, split.hostname, "/ws")
-        try:
-            yield ws
-        finally:
-            with trio.move_on_after(2):
-                await ws.aclose()
-            nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def connect_owned(url: str, token: str) -> AsyncIterator[WsClient]:
-    """Like ``_client.connect``, on an owned stream."""
-    async with open_owned_ws(url) as ws:
-        client = WsClient(ws)
-        challenge = await client.frame()
-        assert challenge["event"] == "connect.challenge"
-        response = await client.request("connect", {"auth": {"token": token}})
-        assert response["ok"], response
-        client.hello = response["payload"]
-        yield client
 
 
 def connect_frame(token: str, **extra: Any) -> str:
@@ -87,25 +60,8 @@ async def close_reason(ws: WebSocketConnection, send: str | bytes | None = None)
     return reason
 
 
-async def start(client: WsClient, message: str, session: str = "alice", key: str = "") -> str:
-    """``chat.send`` ``message``; the run id."""
-    params = {"sessionKey": session, "message": message, "idempotencyKey": key or message}
-    response = await client.request("chat.send", params)
-    assert response["ok"], response
-    run_id: str = response["payload"]["runId"]
-    return run_id
-
-
 async def wait_status(client: WsClient, run_id: str, timeout_ms: int = 5000) -> dict[str, Any]:
     return await client.request("agent.wait", {"runId": run_id, "timeoutMs": timeout_ms})
-
-
-def agent_seqs(frames: list[dict[str, Any]], run_id: str) -> list[int]:
-    return [
-        f["payload"]["seq"]
-        for f in frames
-        if f["event"] == "agent" and f["payload"]["runId"] == run_id
-    ]
 
 
 def is_delta(frame: dict[str, Any], run_id: str, word: str) -> bool:
@@ -287,7 +243,7 @@ class TestSubscriptions:
                 for _ in range(2):
                     response = await client.request("sessions.subscribe", {"sessionKey": "alice"})
                     assert response["ok"], response
-                run_id = await start(client, "one two three")
+                run_id = await chat_send(client, "one two three")
                 frames = await client.events_until(lambda f: is_terminal(f, run_id))
         assert agent_seqs(frames, run_id) == [1, 2, 3, 4, 5]
 
@@ -297,12 +253,12 @@ class TestSubscriptions:
                 await client.request("sessions.subscribe", {"sessionKey": "alice"})
                 response = await client.request("sessions.unsubscribe", {"sessionKey": "alice"})
                 assert response["ok"], response
-                unseen = await start(client, "while away")
+                unseen = await chat_send(client, "while away")
                 assert (await wait_status(client, unseen))["payload"]["status"] == "ok"
                 # Subscribe again and watch a later run: what the first subscription would
                 # have sent about the earlier run comes before it, if at all.
                 await client.request("sessions.subscribe", {"sessionKey": "alice"})
-                later = await start(client, "back again")
+                later = await chat_send(client, "back again")
                 frames = await client.events_until(lambda f: is_terminal(f, later))
         assert all(f["payload"]["runId"] != unseen for f in frames)
         assert agent_seqs(frames, later) == [1, 2, 3, 4]
@@ -313,7 +269,7 @@ class TestChatSend:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ALICE) as client:
                 await client.request("sessions.subscribe", {"sessionKey": "alice"})
-                run_id = await start(client, "hello world")
+                run_id = await chat_send(client, "hello world")
                 frames = await client.events_until(lambda f: is_terminal(f, run_id))
         deltas = [
             f["payload"]["data"]["delta"]
@@ -337,12 +293,12 @@ class TestChatSend:
     ) -> None:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ALICE) as client:
-                first = await start(client, "hang on", key="same-key")
-                second = await start(client, "hang on", key="same-key")
+                first = await chat_send(client, "hang on", key="same-key")
+                second = await chat_send(client, "hang on", key="same-key")
                 assert second == first
                 await client.request("chat.abort", {"sessionKey": "alice", "runId": first})
                 assert (await wait_status(client, first))["payload"]["status"] == "aborted"
-                third = await start(client, "hang on", key="same-key")
+                third = await chat_send(client, "hang on", key="same-key")
         assert third == first
         assert served.bus.statistics().runs_started == 1
 
@@ -374,8 +330,8 @@ class TestChatSend:
     async def test_different_idempotency_keys_start_different_runs(self, served: Served) -> None:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ALICE) as client:
-                first = await start(client, "hi", key="k1")
-                second = await start(client, "hi", key="k2")
+                first = await chat_send(client, "hi", key="k1")
+                second = await chat_send(client, "hi", key="k2")
         assert first != second
         assert served.bus.statistics().runs_started == 2
 
@@ -384,7 +340,7 @@ class TestChatAbort:
     async def test_aborting_a_hanging_run_answers_its_run_id(self, served: Served) -> None:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ALICE) as client:
-                run_id = await start(client, "please hang")
+                run_id = await chat_send(client, "please hang")
                 response = await client.request(
                     "chat.abort", {"sessionKey": "alice", "runId": run_id}
                 )
@@ -398,7 +354,7 @@ class TestChatAbort:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ADMIN) as watcher, connect(served.url, ALICE) as alice:
                 await watcher.request("sessions.subscribe", {"sessionKey": "alice"})
-                run_id = await start(alice, "please hang")
+                run_id = await chat_send(alice, "please hang")
                 await watcher.events_until(lambda f: is_delta(f, run_id, "hang"))
                 await alice.request("chat.abort", {"sessionKey": "alice", "runId": run_id})
                 frames = await watcher.events_until(lambda f: is_terminal(f, run_id))
@@ -415,7 +371,7 @@ class TestChatAbort:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ALICE) as client:
                 everything = await client.request("chat.abort", {"sessionKey": "alice"})
-                finished = await start(client, "done soon")
+                finished = await chat_send(client, "done soon")
                 await wait_status(client, finished)
                 one = await client.request("chat.abort", {"sessionKey": "alice", "runId": finished})
         assert everything["payload"] == {"aborted": []}
@@ -426,8 +382,8 @@ class TestChatAbort:
     ) -> None:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ADMIN) as client:
-                alice_runs = [await start(client, f"hang {i}", "alice") for i in range(2)]
-                bob_run = await start(client, "hang bob", "bob")
+                alice_runs = [await chat_send(client, f"hang {i}", "alice") for i in range(2)]
+                bob_run = await chat_send(client, "hang bob", "bob")
                 response = await client.request("chat.abort", {"sessionKey": "alice"})
                 statuses = [(await wait_status(client, r))["payload"]["status"] for r in alice_runs]
                 assert bob_run in served.bus.live_runs()
@@ -440,7 +396,7 @@ class TestChatAbort:
     ) -> None:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ADMIN) as client:
-                bob_run = await start(client, "hang bob", "bob")
+                bob_run = await chat_send(client, "hang bob", "bob")
                 response = await client.request(
                     "chat.abort", {"sessionKey": "alice", "runId": bob_run}
                 )
@@ -453,7 +409,7 @@ class TestAgentWait:
     async def test_waiting_for_a_finished_run_answers_ok(self, served: Served) -> None:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ALICE) as client:
-                run_id = await start(client, "short answer")
+                run_id = await chat_send(client, "short answer")
                 response = await wait_status(client, run_id)
         assert response["ok"], response
         assert response["payload"]["status"] == "ok"
@@ -464,7 +420,7 @@ class TestAgentWait:
     ) -> None:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ALICE) as client:
-                run_id = await start(client, "hang")
+                run_id = await chat_send(client, "hang")
                 began = trio.current_time()
                 response = await wait_status(client, run_id, timeout_ms=100)
                 took = trio.current_time() - began
@@ -476,7 +432,7 @@ class TestAgentWait:
         wait = {"runId": "", "timeoutMs": 60_000}
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ALICE) as client, connect(served.url, ALICE) as other:
-                run_id = await start(client, "hang")
+                run_id = await chat_send(client, "hang")
                 wait["runId"] = run_id
                 frame = {"type": "req", "id": "w", "method": "agent.wait", "params": wait}
                 await other.ws.send_message(json.dumps(frame))
@@ -497,7 +453,7 @@ class TestAgentWait:
     async def test_waiting_for_another_sessions_run_is_forbidden(self, served: Served) -> None:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ADMIN) as admin, connect(served.url, ALICE) as alice:
-                bob_run = await start(admin, "bob says", "bob")
+                bob_run = await chat_send(admin, "bob says", "bob")
                 await wait_status(admin, bob_run)
                 response = await wait_status(alice, bob_run)
         assert response["ok"] is False
@@ -572,7 +528,7 @@ class TestRequestErrors:
                     assert (await client.frame())["error"]["code"] == "bad_request"
                 response = await client.request("sessions.subscribe", {"sessionKey": "alice"})
                 assert response["ok"], response
-                run_id = await start(client, "still here")
+                run_id = await chat_send(client, "still here")
                 frames = await client.events_until(lambda f: is_terminal(f, run_id))
         assert agent_seqs(frames, run_id) == [1, 2, 3, 4]
 
@@ -631,7 +587,7 @@ class TestEventFrames:
             async with served.bus.subscribe(session_key="alice") as sub:
                 async with connect(served.url, ALICE) as client:
                     await client.request("sessions.subscribe", {"sessionKey": "alice"})
-                    run_id = await start(client, "wire form")
+                    run_id = await chat_send(client, "wire form")
                     frames = await client.events_until(lambda f: is_terminal(f, run_id))
                     bus_events: list[pl.Event] = []
                     while not bus_events or bus_events[-1].data.get("phase") != "end":
@@ -650,7 +606,7 @@ class TestEventFrames:
         with trio.fail_after(TIMEOUT):
             async with connect(served.url, ALICE) as client:
                 await client.request("sessions.subscribe", {"sessionKey": "alice"})
-                run_id = await start(client, "chat form")
+                run_id = await chat_send(client, "chat form")
                 frames = await client.events_until(
                     lambda f: f["event"] == "chat" and f["payload"]["state"] == "final"
                 )
@@ -681,9 +637,9 @@ class TestEventFrames:
                 events = [await client.frame()]  # the challenge
                 await client.request("connect", {"auth": {"token": ALICE}})
                 await client.request("sessions.subscribe", {"sessionKey": "alice"})
-                first = await start(client, "one two")
+                first = await chat_send(client, "one two")
                 events += await client.events_until(lambda f: is_terminal(f, first))
-                second = await start(client, "three")
+                second = await chat_send(client, "three")
                 events += await client.events_until(lambda f: is_terminal(f, second))
                 events += client.events
         seqs = [f["seq"] for f in events]
