@@ -4,66 +4,16 @@ what the buffer no longer holds comes as ``resync``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import pytest
 import trio
 
-import pipeline as pl
-
 from ._client import WsClient, agent_seqs, chat_send, connect, finish, is_terminal
+from ._runs import stepped_run
 from .conftest import ALICE, Served
 
 TIMEOUT = 15
-#: The most events a run emits while it races a resume (the replay buffer holds 10,000).
-RACING_CAP = 5000
-
-
-@attrs.define(eq=False)
-class Stepped:
-    """A run the test drives: ``await step(n)`` makes it emit ``n`` assistant deltas, and
-    ``await step(until)`` makes it emit them one after another until ``until`` is set (either
-    returns once the body has taken the order, so once the previous order is done);
-    ``await end()`` ends it. ``emitted`` counts the deltas."""
-
-    run_id: str
-    _orders: trio.MemorySendChannel[int | trio.Event]
-    emitted: list[int]
-
-    async def step(self, order: int | trio.Event) -> None:
-        await self._orders.send(order)
-
-    async def end(self) -> None:
-        await self._orders.aclose()
-
-
-@asynccontextmanager
-async def stepped_run(bus: pl.Bus, session: str = "alice") -> AsyncIterator[Stepped]:
-    send, receive = trio.open_memory_channel[int | trio.Event](0)
-    emitted = [0]
-
-    async def emit(run: pl.Run) -> None:
-        await run.emit("assistant", {"delta": "w "})
-        emitted[0] += 1
-
-    async def body(run: pl.Run) -> None:
-        async with receive:
-            async for order in receive:
-                if isinstance(order, trio.Event):
-                    for _ in range(RACING_CAP):
-                        if order.is_set():
-                            break
-                        await emit(run)
-                else:
-                    for _ in range(order):
-                        await emit(run)
-
-    handle = await bus.start_run(body, context=pl.RunContext(session_key=session))
-    async with send:
-        yield Stepped(handle.id, send, emitted)
 
 
 def chat_positions(frames: list[dict[str, Any]], run_id: str) -> list[tuple[int, str]]:

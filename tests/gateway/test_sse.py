@@ -14,6 +14,7 @@ import trio
 
 import pipeline as pl
 
+from ._runs import stepped_run
 from .conftest import ADMIN, ALICE, BOB_READ, Served, talker
 
 TIMEOUT = 15
@@ -150,50 +151,6 @@ async def talk(bus: pl.Bus, session: str, message: str) -> str:
 
     handle = await bus.start_run(body, context=pl.RunContext(session_key=session))
     return handle.id
-
-
-@attrs.define(eq=False)
-class Stepped:
-    """A run the test drives: ``await step(n)`` emits ``n`` deltas; ``await step(until)``
-    emits until ``until`` is set (at most ``cap``); ``await end()`` ends the run."""
-
-    run_id: str
-    _orders: trio.MemorySendChannel[int | trio.Event]
-    emitted: list[int]
-
-    async def step(self, order: int | trio.Event) -> None:
-        await self._orders.send(order)
-
-    async def end(self) -> None:
-        await self._orders.aclose()
-
-
-@asynccontextmanager
-async def stepped_run(
-    bus: pl.Bus, session: str = "alice", cap: int = 5000
-) -> AsyncIterator[Stepped]:
-    send, receive = trio.open_memory_channel[int | trio.Event](0)
-    emitted = [0]
-
-    async def emit(run: pl.Run) -> None:
-        await run.emit("assistant", {"delta": "w "})
-        emitted[0] += 1
-
-    async def body(run: pl.Run) -> None:
-        async with receive:
-            async for order in receive:
-                if isinstance(order, trio.Event):
-                    for _ in range(cap):
-                        if order.is_set():
-                            break
-                        await emit(run)
-                else:
-                    for _ in range(order):
-                        await emit(run)
-
-    handle = await bus.start_run(body, context=pl.RunContext(session_key=session))
-    async with send:
-        yield Stepped(handle.id, send, emitted)
 
 
 class TestOpening:
