@@ -11,35 +11,29 @@ visible mid-stream (one inside a tool call), and saves a 1280x800 screenshot.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import queue
 import re
-import subprocess
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from playwright.sync_api import Page, expect, sync_playwright
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ROOT = Path(__file__).resolve().parents[1]
-LISTENING = re.compile(r"gateway listening on (http://\S+)")
+# Run as `python scripts/screenshot_viewer.py`, the path starts with scripts/, not the root.
+sys.path.insert(0, str(ROOT))
+
+from tests.gateway._serve import (  # noqa: E402 - needs the root on the path
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ServeFailed,
+    browser_problem,
+    serve,
+)
+
 TOKEN = "viewer-screenshot-token"
+TOKENS = {
+    "tokens": [{"token": TOKEN, "sessions": ["alice", "bob", "carol"], "scopes": ["read", "write"]}]
+}
 
 # Our live runs are streaming text, one of them has made its tool call, and the others ended.
 READY = """(ids) => {
@@ -48,45 +42,6 @@ READY = """(ids) => {
     && run.querySelector('.text').textContent.trim());
   return live.length >= 2 && live.some((run) => run.querySelector('.tool'));
 }"""
-
-
-def _read_lines(stream: Iterator[str], lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
-@contextmanager
-def gateway(directory: Path, timeout: float = 20.0) -> Iterator[str]:
-    """`python -m pipeline serve --simulate --port 0`; yields its base URL."""
-    tokens = directory / "tokens.json"
-    entry = {"token": TOKEN, "sessions": ["alice", "bob", "carol"], "scopes": ["read", "write"]}
-    tokens.write_text(json.dumps({"tokens": [entry]}))
-    command = [sys.executable, "-m", "pipeline", "serve", "--simulate", "--port", "0"]
-    command += ["--tokens", str(tokens)]
-    with subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as proc:
-        assert proc.stdout is not None
-        lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.0))
-                if line is None:
-                    raise SystemExit(f"serve exited with {proc.wait()} before listening")
-                match = LISTENING.search(line)
-                if match:
-                    break
-            yield match.group(1)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def start_run(page: Page, session: str, message: str) -> str:
@@ -130,19 +85,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "viewer.png")
     args = parser.parse_args()
-    if not os.path.exists(CHROMIUM):
-        raise SystemExit("Debian chromium not installed: apt-get install chromium")
-    with (
-        tempfile.TemporaryDirectory() as directory,
-        gateway(Path(directory)) as url,
-        sync_playwright() as playwright,
-    ):
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 800})
-            take(context.new_page(), url, args.out)
-        finally:
-            browser.close()
+    problem = browser_problem()
+    if problem is not None:
+        raise SystemExit(problem)
+    try:
+        with (
+            tempfile.TemporaryDirectory() as directory,
+            serve(TOKENS, Path(directory)) as url,
+            sync_playwright() as playwright,
+        ):
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                context = browser.new_context(viewport={"width": 1280, "height": 800})
+                take(context.new_page(), url, args.out)
+            finally:
+                browser.close()
+    except ServeFailed as failure:
+        raise SystemExit(str(failure)) from None
     print(f"wrote {args.out}")
 
 

@@ -11,19 +11,14 @@ leaves them alone) using `playwright.sync_api`, and the gateway runs as a subpro
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import re
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from ._serve import CHROMIUM, CHROMIUM_ARGS, ServeFailed, browser_problem, serve
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,21 +29,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-# This machine's closed network refuses chromium's background connections; without these
-# flags it waits on them.
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ROOT = Path(__file__).resolve().parents[2]
-LISTENING = re.compile(r"gateway listening on (http://\S+)")
 START_TIMEOUT = 20.0
 UI_TIMEOUT_MS = 15_000
 
@@ -64,14 +44,7 @@ TOKENS = {
 
 def _require_browser() -> None:
     """Skip (locally) or fail (CI=true) when chromium or playwright is missing."""
-    problem = None
-    if not os.path.exists(CHROMIUM):
-        problem = "Debian chromium not installed: apt-get install chromium"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            problem = "playwright not installed: pip install -e '.[test]'"
+    problem = browser_problem()
     if problem is None:
         return
     if os.environ.get("CI") == "true":
@@ -79,58 +52,15 @@ def _require_browser() -> None:
     pytest.skip(problem)
 
 
-def _read_lines(stream: Iterator[str], lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
 @pytest.fixture(scope="module")
 def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m pipeline serve --simulate --port 0` in a subprocess; yields its base URL."""
     _require_browser()
-    tokens = tmp_path_factory.mktemp("viewer") / "tokens.json"
-    tokens.write_text(json.dumps(TOKENS))
-    command = [sys.executable, "-m", "pipeline", "serve", "--simulate", "--port", "0"]
-    command += ["--tokens", str(tokens)]
-    with subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    ) as proc:
-        assert proc.stdout is not None
-        lines: queue.Queue[str | None] = queue.Queue()
-        # The reader also keeps draining the pipe afterwards, so the server never blocks on it.
-        reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
-        reader.start()
-        try:
-            seen: list[str] = []
-            deadline = time.monotonic() + START_TIMEOUT
-            url = None
-            while url is None:
-                remaining = deadline - time.monotonic()
-                try:
-                    line = lines.get(timeout=max(remaining, 0.0))
-                except queue.Empty:
-                    pytest.fail(f"no listening line in {START_TIMEOUT} s; output: {seen!r}")
-                if line is None:
-                    pytest.fail(f"serve exited ({proc.wait()}) before listening: {seen!r}")
-                seen.append(line)
-                match = LISTENING.search(line)
-                if match:
-                    url = match.group(1)
+    try:
+        with serve(TOKENS, tmp_path_factory.mktemp("viewer"), timeout=START_TIMEOUT) as url:
             yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            reader.join(timeout=5)
+    except ServeFailed as failure:
+        pytest.fail(str(failure))
 
 
 @pytest.fixture(scope="module")
