@@ -60,6 +60,12 @@ async def close_reason(ws: WebSocketConnection, send: str | bytes | None = None)
     return reason
 
 
+async def refusal(url: str, first: str | bytes) -> CloseReason:
+    """Open a WebSocket and send ``first`` as its first message; the server's close reason."""
+    async with open_owned_ws(url) as ws:
+        return await close_reason(ws, first)
+
+
 async def wait_status(client: WsClient, run_id: str, timeout_ms: int = 5000) -> dict[str, Any]:
     return await client.request("agent.wait", {"runId": run_id, "timeoutMs": timeout_ms})
 
@@ -137,8 +143,7 @@ class TestHandshake:
         self, served: Served
     ) -> None:
         with trio.fail_after(TIMEOUT):
-            async with open_owned_ws(served.url) as ws:
-                reason = await close_reason(ws, connect_frame("not-a-token-at-all"))
+            reason = await refusal(served.url, connect_frame("not-a-token-at-all"))
         assert reason.code == 1008
         assert reason.reason
         assert "token" in reason.reason
@@ -148,8 +153,7 @@ class TestHandshake:
     ) -> None:
         frame = json.dumps({"type": "req", "id": "1", "method": "connect", "params": {}})
         with trio.fail_after(TIMEOUT):
-            async with open_owned_ws(served.url) as ws:
-                reason = await close_reason(ws, frame)
+            reason = await refusal(served.url, frame)
         assert reason.code == 1008
         assert reason.reason
 
@@ -158,8 +162,7 @@ class TestHandshake:
     ) -> None:
         frame = {"type": "req", "id": "1", "method": "sessions.subscribe", "params": {}}
         with trio.fail_after(TIMEOUT):
-            async with open_owned_ws(served.url) as ws:
-                reason = await close_reason(ws, json.dumps(frame))
+            reason = await refusal(served.url, json.dumps(frame))
         assert reason.code == 1008
         assert "connect" in (reason.reason or "")
 
@@ -168,8 +171,7 @@ class TestHandshake:
         self, served: Served, garbage: str | bytes
     ) -> None:
         with trio.fail_after(TIMEOUT):
-            async with open_owned_ws(served.url) as ws:
-                reason = await close_reason(ws, garbage)
+            reason = await refusal(served.url, garbage)
         assert reason.code == 1008
         assert reason.reason
 
@@ -179,8 +181,7 @@ class TestHandshake:
         # A good token in a connect padded past 64 KiB: the size alone is refused.
         frame = connect_frame(ALICE, padding="x" * 70_000)
         with trio.fail_after(TIMEOUT):
-            async with open_owned_ws(served.url) as ws:
-                reason = await close_reason(ws, frame)
+            reason = await refusal(served.url, frame)
         assert reason.code == 1008
         assert "64 KiB" in (reason.reason or "")
 
@@ -202,10 +203,8 @@ class TestFailedHandshakeBudget:
     ) -> None:
         with trio.fail_after(TIMEOUT):
             for _ in range(3):
-                async with open_owned_ws(served.url) as ws:
-                    assert (await close_reason(ws, connect_frame("wrong-token-xx"))).code == 1008
-            async with open_owned_ws(served.url) as ws:
-                reason = await close_reason(ws, connect_frame(ALICE))
+                assert (await refusal(served.url, connect_frame("wrong-token-xx"))).code == 1008
+            reason = await refusal(served.url, connect_frame(ALICE))
         assert reason.code == 1008
         assert "too many" in (reason.reason or "")
 
@@ -215,8 +214,7 @@ class TestFailedHandshakeBudget:
     ) -> None:
         with trio.fail_after(TIMEOUT):
             for _ in range(2):
-                async with open_owned_ws(served.url) as ws:
-                    assert (await close_reason(ws, connect_frame("wrong-token-xx"))).code == 1008
+                assert (await refusal(served.url, connect_frame("wrong-token-xx"))).code == 1008
             async with connect_owned(served.url, ALICE) as client:
                 assert client.hello["type"] == "hello-ok"
 
@@ -226,10 +224,8 @@ class TestFailedHandshakeBudget:
     ) -> None:
         with trio.fail_after(TIMEOUT):
             for _ in range(2):
-                async with open_owned_ws(served.url) as ws:
-                    assert (await close_reason(ws, connect_frame("wrong-token-xx"))).code == 1008
-            async with open_owned_ws(served.url) as ws:
-                assert (await close_reason(ws, connect_frame(ALICE))).code == 1008
+                assert (await refusal(served.url, connect_frame("wrong-token-xx"))).code == 1008
+            assert (await refusal(served.url, connect_frame(ALICE))).code == 1008
         real_time_clock.jump(60)  # outside any deadline: a jump past one would cancel it
         with trio.fail_after(TIMEOUT):
             async with connect_owned(served.url, ALICE) as client:
