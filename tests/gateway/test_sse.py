@@ -138,6 +138,10 @@ def is_end(run_id: str) -> Any:
     return done
 
 
+def is_final_chat(event: Sse) -> bool:
+    return event.event == "chat" and bool(event.payload()["state"] == "final")
+
+
 def agent_seqs(events: Iterable[Sse], run_id: str) -> list[int]:
     payloads = [e.payload() for e in events if e.event == "agent"]
     return [p["seq"] for p in payloads if p["runId"] == run_id]
@@ -221,9 +225,7 @@ class TestEvents:
         with trio.fail_after(TIMEOUT):
             async with open_events(served.url) as (_, events):
                 run_id = await talk(served.bus, "alice", "one two three")
-                got = await events.until(
-                    lambda e: e.event == "chat" and e.payload()["state"] == "final"
-                )
+                got = await events.until(is_final_chat)
         ids = [e.id for e in got]
         assert None not in ids
         assert len(ids) == len(set(ids))
@@ -243,9 +245,7 @@ class TestEvents:
         with trio.fail_after(TIMEOUT):
             async with open_events(served.url) as (_, events):
                 run_id = await talk(served.bus, "alice", "flat chat")
-                got = await events.until(
-                    lambda e: e.event == "chat" and e.payload()["state"] == "final"
-                )
+                got = await events.until(is_final_chat)
         final = got[-1].payload()
         assert final["runId"] == run_id
         assert final["sessionKey"] == "alice"
@@ -344,7 +344,7 @@ class TestLastEventId:
         with trio.fail_after(TIMEOUT):
             async with open_events(served.url) as (_, events):
                 run_id = await talk(served.bus, "alice", "a b c d e f g h")
-                await events.until(lambda e: e.event == "chat" and e.payload()["state"] == "final")
+                await events.until(is_final_chat)
             async with open_events(served.url, last_event_id=f"{run_id}:1") as (_, events):
                 first = await events.next()
         assert first.event == "resync"
