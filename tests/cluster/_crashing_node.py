@@ -11,12 +11,7 @@ import trio
 import pipeline as pl
 import pipeline.cluster as plc
 
-from .conftest import BUS_CONFIG, FAST
-
-
-async def waits(run: pl.Run) -> None:
-    await run.emit("assistant", {"delta": "thinking about it"})
-    await trio.sleep_forever()
+from .conftest import BUS_CONFIG, FAST, waits
 
 
 async def main(url: str) -> None:

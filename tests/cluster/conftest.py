@@ -141,3 +141,20 @@ async def wait_until(condition: Callable[[], bool]) -> None:
 
 def queued(sub: pl.Subscription) -> list[pl.Event]:
     return [sub.receive_nowait() for _ in range(sub.statistics().queued)]
+
+
+# ---- run bodies and predicates several test modules use ---------------------------------------
+
+
+async def says_hi(run: pl.Run) -> None:
+    await run.emit("assistant", {"delta": "hi"})
+
+
+async def waits(run: pl.Run) -> None:
+    """Says it is thinking, then waits to be aborted."""
+    await run.emit("assistant", {"delta": "thinking about it"})
+    await trio.sleep_forever()
+
+
+def is_final(event: pl.Event) -> bool:
+    return event.stream == "chat" and event.data.get("state") == "final"

@@ -14,15 +14,7 @@ import pipeline as pl
 import pipeline.cluster as plc
 from pipeline.testing import collect_until
 
-from .conftest import FAST, RedisServer, joined, wait_until
-
-
-def is_final(event: pl.Event) -> bool:
-    return event.stream == "chat" and event.data.get("state") == "final"
-
-
-async def says_hi(run: pl.Run) -> None:
-    await run.emit("assistant", {"delta": "hi"})
+from .conftest import FAST, RedisServer, is_final, joined, says_hi, wait_until
 
 
 class TestExports:

@@ -12,15 +12,10 @@ import pipeline as pl
 import pipeline.cluster as plc
 from pipeline.testing import collect_until, is_terminal
 
-from .conftest import FAST, RedisServer, joined, queued, wait_until
+from .conftest import FAST, RedisServer, joined, queued, wait_until, waits
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTEXT = pl.RunContext(session_key="s")
-
-
-async def waits(run: pl.Run) -> None:
-    await run.emit("assistant", {"delta": "thinking about it"})
-    await trio.sleep_forever()
 
 
 def is_aborted_chat(event: pl.Event) -> bool:

@@ -9,15 +9,11 @@ import pipeline as pl
 import pipeline.cluster as plc
 from pipeline.testing import collect_until, is_terminal
 
-from .conftest import RedisServer, joined, queued, wait_until
+from .conftest import RedisServer, is_final, joined, queued, wait_until
 
 
 def identity(event: pl.Event) -> tuple[object, ...]:
     return (event.run_id, event.seq, event.stream, event.ts, event.data, event.session_key)
-
-
-def is_final(event: pl.Event) -> bool:
-    return event.stream == "chat" and event.data.get("state") == "final"
 
 
 async def talks(run: pl.Run) -> None:

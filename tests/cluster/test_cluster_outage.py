@@ -10,7 +10,7 @@ import pipeline as pl
 import pipeline.cluster as plc
 from pipeline.testing import collect_until, is_terminal
 
-from .conftest import FAST, RedisServer, joined, queued, wait_until
+from .conftest import FAST, RedisServer, joined, queued, says_hi, wait_until
 
 
 def is_gap(event: pl.Event) -> bool:
@@ -119,11 +119,7 @@ class TestOutboundBound:
                     await wait_until(lambda: node.statistics().connected)
                     async with joined(redis_server.url, "b") as (bus_b, _):
                         async with bus_b.subscribe(run_id="later") as on_b:
-                            await bus_a.start_run(_says_hi, run_id="later")
+                            await bus_a.start_run(says_hi, run_id="later")
                             events = await collect_until(on_b, is_terminal)
         assert [e.stream for e in events] == ["lifecycle", "assistant", "lifecycle"]
         assert node.statistics().published == 3 + 3  # the run during the outage, then this
-
-
-async def _says_hi(run: pl.Run) -> None:
-    await run.emit("assistant", {"delta": "hi"})
