@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -359,8 +360,11 @@ class WebSocketClient:
     async def _agent_wait(self, request_id: object, params: Mapping[str, Any]) -> Any:
         run_id = params.get("runId")
         timeout_ms = params.get("timeoutMs", 30_000)
-        if not isinstance(run_id, str) or type(timeout_ms) not in (int, float) or timeout_ms < 0:
+        # NaN and Infinity parse as JSON numbers; a huge int overflows a float division.
+        finite = type(timeout_ms) in (int, float) and 0 <= timeout_ms < math.inf
+        if not isinstance(run_id, str) or not finite:
             raise RequestError("bad_request", "agent.wait takes {runId, timeoutMs >= 0}")
+        seconds = min(timeout_ms, self.hub.config.max_wait * 1000) / 1000
         hub = self.hub
         await hub.recorder.wait_caught_up()
         known, key = hub.run_session(run_id)
@@ -376,14 +380,12 @@ class WebSocketClient:
             return {"runId": run_id, "status": record.status}
         assert self._nursery is not None
         self._waits += 1
-        self._nursery.start_soon(self._wait_for, request_id, run_id, record, timeout_ms)
+        self._nursery.start_soon(self._wait_for, request_id, run_id, record, seconds)
         return None
 
-    async def _wait_for(
-        self, request_id: object, run_id: str, record: Any, timeout_ms: float
-    ) -> None:
+    async def _wait_for(self, request_id: object, run_id: str, record: Any, seconds: float) -> None:
         try:
-            with trio.move_on_after(min(timeout_ms / 1000, self.hub.config.max_wait)):
+            with trio.move_on_after(seconds):
                 await record.ended.wait()
             status = record.status or "pending"
             self._respond(request_id, {"runId": run_id, "status": status})
@@ -470,7 +472,7 @@ _HANDLERS: dict[str, _Handler] = {
 def _parse(text: str) -> dict[str, Any] | None:
     try:
         frame = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON; nested deeper than the parser recurses
         return None
     return frame if isinstance(frame, dict) else None
 

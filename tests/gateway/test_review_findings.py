@@ -1,0 +1,219 @@
+"""Defects found in review, one behaviour per test: each once crashed the gateway, leaked
+another session's data, or broke a contract of GATEWAY.md section 1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import trio
+
+import pipeline as pl
+import pipeline.gateway
+from pipeline.gateway import GatewayConfig
+
+from ._client import connect
+from .conftest import ALICE, TOKENS, Served, talker
+
+TIMEOUT = 20
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def _address(url: str) -> tuple[str, int]:
+    split = urlsplit(url)
+    assert split.hostname is not None
+    assert split.port is not None
+    return split.hostname, split.port
+
+
+async def raw_http(url: str, data: bytes) -> bytes:
+    """Send ``data`` on a new connection; everything the server sends until it closes."""
+    stream = await trio.open_tcp_stream(*_address(url))
+    async with stream:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(data)
+        received = bytearray()
+        while True:
+            try:
+                chunk = await stream.receive_some(65_536)
+            except trio.BrokenResourceError:
+                break
+            if not chunk:
+                break
+            received += chunk
+        return bytes(received)
+
+
+def status_of(response: bytes) -> int:
+    assert response.startswith(b"HTTP/1.1 "), response[:200]
+    return int(response[9:12])
+
+
+async def assert_healthy(url: str) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{url}/healthz")
+    assert response.json() == {"ok": True}
+
+
+async def start_talk(bus: pl.Bus, session: str, message: str) -> str:
+    async def body(run: pl.Run) -> None:
+        await talker(run, message)
+
+    handle = await bus.start_run(body, context=pl.RunContext(session_key=session))
+    return handle.id
+
+
+def client_frame(payload: bytes) -> bytes:
+    """One final text frame from a client, masked with a zero key."""
+    size = len(payload)
+    if size < 126:
+        head = bytes([0x81, 0x80 | size])
+    elif size < 65_536:
+        head = bytes([0x81, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        head = bytes([0x81, 0x80 | 127]) + size.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+async def upgraded_socket(url: str, *, rcvbuf: int | None = None) -> trio.socket.SocketType:
+    """A socket upgraded to a WebSocket (the 101 response not read yet)."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    await sock.connect(_address(url))
+    await sock.send(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\n\r\n"
+    )
+    return sock
+
+
+@pytest.fixture
+async def small_bus(nursery: trio.Nursery) -> AsyncIterator[Served]:
+    """A gateway on a bus that allows only a few subscriptions at once."""
+    config = GatewayConfig(tokens=TOKENS, port=0, agent=talker)
+    async with pl.open_bus(pl.BusConfig(max_subscribers=4)) as bus:
+        gateway = await nursery.start(pl.gateway.serve, bus, config)
+        yield Served(bus, gateway)
+
+
+# ---- client input that once escaped into the gateway's nursery -----------------------------
+
+
+class TestCrashPaths:
+    async def test_a_deeply_nested_json_frame_after_connect_gets_bad_request(
+        self, served: Served
+    ) -> None:
+        with trio.fail_after(TIMEOUT):
+            async with connect(served.url, ALICE) as client:
+                await client.ws.send_message("[" * 100_000)
+                frame = await client.frame()
+                assert frame["type"] == "res"
+                assert frame["id"] is None
+                assert frame["error"]["code"] == "bad_request"
+                res = await client.request("sessions.list")
+                assert res["ok"], res
+            await assert_healthy(served.url)
+
+    async def test_a_deeply_nested_json_frame_instead_of_connect_is_closed_1008(
+        self, served: Served
+    ) -> None:
+        with trio.fail_after(TIMEOUT):
+            sock = await upgraded_socket(served.url)
+            with sock:
+                await sock.send(client_frame(b"[" * 50_000))
+                received = b""
+                while data := await sock.recv(65_536):
+                    received += data
+            # The close frame: opcode 8, then the code.
+            close = received[received.rindex(b"\x88") :]
+            assert int.from_bytes(close[2:4], "big") == 1008
+            await assert_healthy(served.url)
+
+    @pytest.mark.parametrize("gateway_config", [{"max_wait": 0.5}])
+    @pytest.mark.parametrize("timeout_ms", ["NaN", "Infinity", "1" + "0" * 400])
+    async def test_agent_wait_with_an_odd_timeout_is_answered_and_the_gateway_stays_up(
+        self, served: Served, timeout_ms: str
+    ) -> None:
+        with trio.fail_after(TIMEOUT):
+            run_id = await start_talk(served.bus, "alice", "hang")
+            async with connect(served.url, ALICE) as client:
+                frame = (
+                    '{"type":"req","id":"w","method":"agent.wait","params":'
+                    f'{{"runId":"{run_id}","timeoutMs":{timeout_ms}}}}}'
+                )
+                await client.ws.send_message(frame)
+                got = await client.frame()
+                assert got["id"] == "w"
+                if got["ok"]:
+                    assert got["payload"] == {"runId": run_id, "status": "pending"}
+                else:
+                    assert got["error"]["code"] == "bad_request"
+                res = await client.request("sessions.list")
+                assert res["ok"], res
+            await assert_healthy(served.url)
+
+
+# ---- isolation -------------------------------------------------------------------------------
+
+
+async def sse_events(url: str, session: str, token: str, last_event_id: str) -> list[str]:
+    """The event names a stream sends until it has been quiet for a moment."""
+    names: list[str] = []
+    headers = {"authorization": f"Bearer {token}", "last-event-id": last_event_id}
+    async with httpx.AsyncClient(timeout=None) as http:
+        path = f"{url}/sessions/{session}/events"
+        async with http.stream("GET", path, headers=headers) as response:
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            while True:
+                with trio.move_on_after(0.5) as quiet:
+                    line = await lines.__anext__()
+                if quiet.cancelled_caught:
+                    break
+                if line.startswith("event: "):
+                    names.append(line[7:])
+            await lines.aclose()  # type: ignore[attr-defined]
+    return names
+
+
+# ---- a replay larger than the outbox -----------------------------------------------------------
+
+#: Each delta is about 1 KB on the wire; 200 of them pass a 64 KiB outbox three times over.
+_BIG = {"max_buffered_bytes": 65_536}
+
+
+async def wordy_run(bus: pl.Bus, session: str, count: int) -> str:
+    async def body(run: pl.Run) -> None:
+        for index in range(count):
+            await run.emit("assistant", {"delta": f"{index:04} " + "x" * 1000})
+
+    handle = await bus.start_run(body, context=pl.RunContext(session_key=session))
+    await handle.wait()
+    return handle.id
+
+
+# ---- shutdown --------------------------------------------------------------------------------
+
+
+async def stalled_websocket(url: str) -> trio.socket.SocketType:
+    """A WebSocket subscribed to session alice that reads nothing after its answer, on a
+    socket with a small receive window."""
+    sock = await upgraded_socket(url, rcvbuf=4096)
+    for method, params in (
+        ("connect", {"auth": {"token": ALICE}}),
+        ("sessions.subscribe", {"sessionKey": "alice"}),
+    ):
+        payload = json.dumps({"type": "req", "id": method, "method": method, "params": params})
+        await sock.send(client_frame(payload.encode()))
+    received = b""
+    while b'"id":"sessions.subscribe"' not in received:
+        received += await sock.recv(65_536)
+    return sock
