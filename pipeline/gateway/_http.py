@@ -76,7 +76,10 @@ async def read_request(
         if size > MAX_HEADER_BYTES:
             raise BadRequest(431, f"the request line and headers pass {MAX_HEADER_BYTES} bytes")
         target = event.target
-        split = urlsplit(target.decode("ascii", "replace"))
+        try:
+            split = urlsplit(target.decode("ascii", "replace"))
+        except ValueError as exc:  # "Invalid IPv6 URL": a "[" in an authority h11 let through
+            raise BadRequest(400, f"bad request target: {exc}") from exc
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
         request = Request(
             method=event.method.decode("ascii"),

@@ -97,12 +97,17 @@ def _resume_point(last_event_id: str | None) -> tuple[str, int, str] | None:
         return None
     head, _, tail = last_event_id.rpartition(":")
     kind = ""
-    if not tail.isdigit():
+    if not _is_seq(tail):
         kind = tail
         head, _, tail = head.rpartition(":")
-    if not head or not tail.isdigit():
+    if not head or not _is_seq(tail):
         return None
     return head, int(tail), kind
+
+
+def _is_seq(text: str) -> bool:
+    """Whether ``text`` is a seq: ASCII digits (``"²".isdigit()`` is true, ``int("²")`` fails)."""
+    return text.isascii() and text.isdigit()
 
 
 def _after(entries: Iterable[Entry], point: tuple[str, int, str]) -> tuple[list[Entry], bool]:
@@ -133,6 +138,9 @@ async def serve_session_events(
             await hub.recorder.wait_caught_up()
             entries, found = _after(hub.replay.session(key), point)
             record = hub.replay.run(point[0])
+            # Only a run of this session: the id may name any run, and a resync carries its text.
+            if record is not None and record.session_key != key:
+                record = None
             if not found and record is not None and record.forgotten_through >= point[1]:
                 resync = hub.resync(key, point[0], record)
                 outbox.put(stream_chunk(request, _sse("resync", resync)))

@@ -17,8 +17,8 @@ import pipeline as pl
 import pipeline.gateway
 from pipeline.gateway import GatewayConfig
 
-from ._client import connect
-from .conftest import ALICE, TOKENS, Served, talker
+from ._client import connect, is_terminal
+from .conftest import ADMIN, ALICE, TOKENS, Served, talker
 
 TIMEOUT = 20
 
@@ -160,6 +160,28 @@ class TestCrashPaths:
                 assert res["ok"], res
             await assert_healthy(served.url)
 
+    async def test_a_last_event_id_with_a_superscript_digit_is_ignored(
+        self, served: Served
+    ) -> None:
+        request = (
+            b"GET /sessions/alice/events HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + ALICE.encode() + b"\r\n"
+            b"Last-Event-ID: r1:\xb2\r\n\r\n"
+        )
+        with trio.fail_after(TIMEOUT):
+            stream = await trio.open_tcp_stream(*_address(served.url))
+            async with stream:
+                await stream.send_all(request)
+                head = await stream.receive_some(65_536)
+                assert head.startswith(b"HTTP/1.1 200"), head
+            await assert_healthy(served.url)
+
+    async def test_a_request_target_that_urlsplit_rejects_gets_a_400(self, served: Served) -> None:
+        with trio.fail_after(TIMEOUT):
+            response = await raw_http(served.url, b"GET //[x/ws HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert status_of(response) == 400
+            await assert_healthy(served.url)
+
 
 # ---- isolation -------------------------------------------------------------------------------
 
@@ -182,6 +204,19 @@ async def sse_events(url: str, session: str, token: str, last_event_id: str) -> 
                     names.append(line[7:])
             await lines.aclose()  # type: ignore[attr-defined]
     return names
+
+
+class TestIsolation:
+    async def test_a_last_event_id_naming_another_sessions_run_reveals_nothing_of_it(
+        self, served: Served
+    ) -> None:
+        with trio.fail_after(TIMEOUT):
+            async with connect(served.url, ADMIN) as watcher:
+                await watcher.request("sessions.subscribe", {"sessionKey": "bob"})
+                bob_run = await start_talk(served.bus, "bob", "secret words of bob")
+                await watcher.events_until(lambda f: is_terminal(f, bob_run))
+            names = await sse_events(served.url, "alice", ALICE, f"{bob_run}:0")
+        assert names == []
 
 
 # ---- a replay larger than the outbox -----------------------------------------------------------
