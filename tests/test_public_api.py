@@ -40,6 +40,55 @@ class TestExports:
         assert issubclass(pl.EventTooLarge, pl.InvalidEvent)
 
 
+#: The optional layers (extras ``gateway`` and ``cluster``), each with its own section of
+#: docs/api.md, whose ``###`` headings name its public names.
+EXTRAS = {
+    "pipeline.gateway": "## The gateway: `pipeline.gateway`",
+    "pipeline.cluster": "## The cluster: `pipeline.cluster`",
+}
+
+
+def _api_section(heading: str) -> str:
+    api = (ROOT / "docs" / "api.md").read_text()
+    assert heading + "\n" in api, f"docs/api.md has no section {heading!r}"
+    return api.split(heading + "\n", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.mark.parametrize("module_name", sorted(EXTRAS))
+class TestExtraExports:
+    """``pipeline.gateway`` and ``pipeline.cluster``: the same rules as ``pipeline``."""
+
+    def test_every_public_name_is_exported_and_importable(self, module_name: str) -> None:
+        module = pytest.importorskip(module_name)
+        assert module.__all__
+        for name in module.__all__:
+            assert getattr(module, name) is not None, name
+        # (pytest's assertion rewriting adds names like "@py_builtins" to plugin packages)
+        public = {n for n in dir(module) if n.isidentifier() and not n.startswith("_")}
+        assert public - set(module.__all__) == set()
+
+    def test_every_public_class_and_function_has_a_docstring(self, module_name: str) -> None:
+        import inspect
+
+        module = pytest.importorskip(module_name)
+        missing = [
+            name
+            for name in module.__all__
+            if (inspect.isclass(obj := getattr(module, name)) or inspect.isfunction(obj))
+            and not (obj.__doc__ or "").strip()
+        ]
+        assert missing == []
+
+    def test_every_public_name_is_documented_in_its_api_reference_section(
+        self, module_name: str
+    ) -> None:
+        module = pytest.importorskip(module_name)
+        section = _api_section(EXTRAS[module_name])
+        headings = set(re.findall(r"^### `?([A-Za-z_]+)", section, flags=re.MULTILINE))
+        assert set(module.__all__) - headings == set()
+        assert headings - set(module.__all__) == set()  # nothing documented that is not there
+
+
 class TestLayering:
     def test_actors_never_imports_pipeline(self) -> None:
         offenders = []
