@@ -32,6 +32,7 @@ from typing import Any, Final
 import ag_ui.core as agui
 import attrs
 import pydantic
+import pydantic_core
 from ag_ui.core import BaseEvent, RunAgentInput
 from ag_ui.encoder import EventEncoder
 
@@ -394,4 +395,10 @@ def last_user_message(run_input: RunAgentInput) -> str:
 
 def encode(event: BaseEvent) -> bytes:
     """One AG-UI event as SSE bytes (a ``data:`` line, a blank line): see :data:`CONTENT_TYPE`."""
-    return _ENCODER.encode(event).encode("utf-8")
+    try:
+        return _ENCODER.encode(event).encode("utf-8")
+    except pydantic_core.PydanticSerializationError:
+        # Text with a lone surrogate (valid in a JSON string, not in UTF-8): escaped, as the
+        # WebSocket frames escape it.
+        data = json.dumps(event.model_dump(mode="json", by_alias=True), separators=(",", ":"))
+        return f"data: {data}\n\n".encode()

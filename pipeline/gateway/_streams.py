@@ -23,7 +23,9 @@ from ag_ui.core import BaseEvent
 from actors import Overflow
 
 from .. import _event
+from .._errors import PipelineError
 from .._event import Event
+from .._subscription import Subscription
 from ._agui import AguiTranslator, encode, last_user_message, parse_run_input
 from ._http import Request, respond, response_head, stream_chunk
 from ._hub import Hub, RunRefused
@@ -127,10 +129,10 @@ async def serve_session_events(
 ) -> None:
     """``GET /sessions/{key}/events``: the session's events as SSE, resumable."""
     point = _resume_point(request.headers.get("last-event-id") or request.query.get("lastEventId"))
-    subscription = hub.bus.subscribe(
-        session_key=key, overflow=Overflow.DROP_OLDEST, buffer=hub.config.client_buffer
-    )
-    async with subscription as sub:
+    async with contextlib.AsyncExitStack() as stack:
+        sub = await _subscribe(hub, stack, session_key=key)
+        if isinstance(sub, str):
+            return await _unavailable(hub, outbox, request, sub)
         outbox.put(response_head(request, 200, _SSE, {"x-accel-buffering": "no"}))
         outbox.put(stream_chunk(request, b": connected\n\n"))
         dedupe = Deduper()
@@ -163,6 +165,32 @@ async def serve_session_events(
         await _stream(hub, sock, outbox, _guarded(feed))
 
 
+async def _subscribe(
+    hub: Hub,
+    stack: contextlib.AsyncExitStack,
+    *,
+    session_key: str | None = None,
+    run_id: str | None = None,
+) -> Subscription | str:
+    """A ``DROP_OLDEST`` subscription entered on ``stack``, or why the bus refused it
+    (``max_subscribers`` reached, the bus closing)."""
+    subscription = hub.bus.subscribe(
+        session_key=session_key,
+        run_id=run_id,
+        overflow=Overflow.DROP_OLDEST,
+        buffer=hub.config.client_buffer,
+    )
+    try:
+        return await stack.enter_async_context(subscription)
+    except PipelineError as exc:
+        return str(exc)
+
+
+async def _unavailable(hub: Hub, outbox: Outbox, request: Request, message: str) -> None:
+    outbox.put(respond(request, 503, _error("unavailable", message)))
+    await outbox.finish(None, hub.config.close_timeout)
+
+
 def _frame(event: Event, payload: str) -> bytes:
     name = "chat" if event.stream == _event.CHAT else "agent"
     return _sse(name, payload, event_id(event))
@@ -182,10 +210,10 @@ async def serve_agui_session(
     hub: Hub, sock: trio.socket.SocketType, outbox: Outbox, request: Request, key: str
 ) -> None:
     """``GET /sessions/{key}/agui``: the session's runs as an AG-UI event stream."""
-    subscription = hub.bus.subscribe(
-        session_key=key, overflow=Overflow.DROP_OLDEST, buffer=hub.config.client_buffer
-    )
-    async with subscription as sub:
+    async with contextlib.AsyncExitStack() as stack:
+        sub = await _subscribe(hub, stack, session_key=key)
+        if isinstance(sub, str):
+            return await _unavailable(hub, outbox, request, sub)
         outbox.put(response_head(request, 200, _SSE))
         translator = AguiTranslator(thread_id=key)
 
@@ -211,10 +239,16 @@ async def serve_agui_run(
     key = run_input.thread_id
     if not grant.allows(key, WRITE) or not grant.allows(key, READ):
         return respond(request, 403, _error("forbidden", f"this token may not run in {key!r}"))
-    subscription = hub.bus.subscribe(
-        run_id=run_input.run_id, overflow=Overflow.DROP_OLDEST, buffer=hub.config.client_buffer
-    )
-    async with subscription as sub:
+    # A run id live or recent in another session is not taken over: starting it would resume
+    # a run in its retry grace under this session, or mix two runs in one record.
+    await hub.recorder.wait_caught_up()
+    known, owner = hub.run_session(run_input.run_id)
+    if known and owner != key:
+        return respond(request, 409, _error("unavailable", "that run id is in use"))
+    async with contextlib.AsyncExitStack() as stack:
+        sub = await _subscribe(hub, stack, run_id=run_input.run_id)
+        if isinstance(sub, str):
+            return respond(request, 503, _error("unavailable", sub))
         try:
             await hub.start_agent_run(
                 key, last_user_message(run_input), run_id=run_input.run_id, idempotency_key=None

@@ -7,6 +7,7 @@ import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -182,6 +183,92 @@ class TestCrashPaths:
             assert status_of(response) == 400
             await assert_healthy(served.url)
 
+    @pytest.mark.parametrize("kind", ["events", "agui"])
+    async def test_a_session_stream_past_the_bus_subscriber_limit_gets_a_503(
+        self, small_bus: Served, kind: str
+    ) -> None:
+        url = small_bus.url
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                held: list[trio.SocketStream] = []
+                request = (
+                    f"GET /sessions/alice/{kind} HTTP/1.1\r\nHost: x\r\n"
+                    f"Authorization: Bearer {ALICE}\r\n\r\n"
+                ).encode()
+                # The recorder holds one subscription; three streams take the rest.
+                for _ in range(3):
+                    stream = await trio.open_tcp_stream(*_address(url))
+                    held.append(stream)
+                    await stream.send_all(request)
+                    assert (await stream.receive_some(65_536)).startswith(b"HTTP/1.1 200")
+                response = await raw_http(url, request)
+                assert status_of(response) == 503
+                await assert_healthy(url)
+                for stream in held:
+                    await stream.aclose()
+                nursery.cancel_scope.cancel()
+
+    async def test_post_agui_past_the_bus_subscriber_limit_gets_a_503(
+        self, small_bus: Served
+    ) -> None:
+        url = small_bus.url
+        with trio.fail_after(TIMEOUT):
+            held: list[trio.SocketStream] = []
+            request = (
+                f"GET /sessions/alice/events HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {ALICE}\r\n\r\n"
+            ).encode()
+            for _ in range(3):
+                stream = await trio.open_tcp_stream(*_address(url))
+                held.append(stream)
+                await stream.send_all(request)
+                assert (await stream.receive_some(65_536)).startswith(b"HTTP/1.1 200")
+            body: dict[str, Any] = {
+                "threadId": "alice",
+                "runId": "r-limit",
+                "messages": [],
+                "tools": [],
+            }
+            body |= {"context": [], "state": {}, "forwardedProps": {}}
+            async with httpx.AsyncClient() as http:
+                response = await http.post(
+                    f"{url}/agui", json=body, headers={"authorization": f"Bearer {ALICE}"}
+                )
+            assert response.status_code == 503
+            await assert_healthy(url)
+            for stream in held:
+                await stream.aclose()
+
+    async def test_an_agui_stream_of_text_with_a_lone_surrogate_finishes_its_run(
+        self, served: Served
+    ) -> None:
+        body: dict[str, Any] = {
+            "threadId": "alice",
+            "runId": "r-surrogate",
+            "tools": [],
+            "context": [],
+        }
+        body |= {"state": {}, "forwardedProps": {}}
+        body["messages"] = [{"id": "m1", "role": "user", "content": "odd \ud800 text"}]
+        with trio.fail_after(TIMEOUT):
+            async with httpx.AsyncClient() as http:
+                response = await http.post(
+                    f"{served.url}/agui",
+                    content=json.dumps(body),  # escaped: httpx's json= writes raw UTF-8
+                    headers={
+                        "authorization": f"Bearer {ALICE}",
+                        "content-type": "application/json",
+                    },
+                )
+            kinds = [
+                json.loads(line[6:])["type"]
+                for line in response.text.splitlines()
+                if line.startswith("data: ")
+            ]
+            assert kinds[0] == "RUN_STARTED"
+            assert kinds[-1] == "RUN_FINISHED"
+            await assert_healthy(served.url)
+
 
 # ---- isolation -------------------------------------------------------------------------------
 
@@ -217,6 +304,34 @@ class TestIsolation:
                 await watcher.events_until(lambda f: is_terminal(f, bob_run))
             names = await sse_events(served.url, "alice", ALICE, f"{bob_run}:0")
         assert names == []
+
+    async def test_post_agui_with_a_run_id_of_another_sessions_run_is_refused(
+        self, served: Served
+    ) -> None:
+        async def failing(run: pl.Run) -> None:
+            await run.emit("assistant", {"delta": "secret of bob"})
+            raise RuntimeError("bob's run fails")
+
+        with trio.fail_after(TIMEOUT):
+            handle = await served.bus.start_run(failing, context=pl.RunContext(session_key="bob"))
+            with trio.move_on_after(1):
+                await handle.wait()
+            # In its retry grace: still live, in session bob.
+            assert served.bus.live_runs().get(handle.id) is not None
+            body: dict[str, Any] = {
+                "threadId": "alice",
+                "runId": handle.id,
+                "tools": [],
+                "context": [],
+            }
+            body |= {"state": {}, "forwardedProps": {}, "messages": []}
+            async with httpx.AsyncClient() as http:
+                response = await http.post(
+                    f"{served.url}/agui", json=body, headers={"authorization": f"Bearer {ALICE}"}
+                )
+            assert response.status_code == 409
+            context = served.bus.live_runs().get(handle.id)
+            assert context is None or context.session_key == "bob"
 
 
 # ---- a replay larger than the outbox -----------------------------------------------------------
