@@ -418,9 +418,14 @@ class WebSocketClient:
                 task_status.started()
                 replayed = sum(1 for name, _ in replay if name != "resync")
                 self._respond(request_id, {"sessionKey": key, "replayed": replayed})
-                for name, payload in replay:
-                    self._event_json(name, payload)
                 outbox = self.outbox
+                # The replay goes out as the client takes it (it may hold far more than
+                # max_buffered_bytes); meanwhile the subscription buffers or drops live deltas.
+                for name, payload in replay:
+                    if not outbox.has_room():
+                        await outbox.wait_room()
+                    self._event_json(name, payload)
+                replay.clear()
                 async for batch in sub.batches():
                     for event in batch:
                         # Room is checked per event, not per batch: a batch of big events

@@ -136,6 +136,7 @@ async def serve_session_events(
         outbox.put(response_head(request, 200, _SSE, {"x-accel-buffering": "no"}))
         outbox.put(stream_chunk(request, b": connected\n\n"))
         dedupe = Deduper()
+        entries: list[Entry] = []
         if point is not None:
             await hub.recorder.wait_caught_up()
             entries, found = _after(hub.replay.session(key), point)
@@ -148,9 +149,15 @@ async def serve_session_events(
                 outbox.put(stream_chunk(request, _sse("resync", resync)))
             for entry in entries:
                 dedupe.sent(entry.event)
-                outbox.put(stream_chunk(request, _frame(entry.event, entry.payload)))
 
         async def feed() -> None:
+            # The replay goes out as the client takes it (it may hold far more than the
+            # outbox's bound), while the subscription buffers or drops live deltas (a gap).
+            for entry in entries:
+                if not outbox.has_room():
+                    await outbox.wait_room()
+                outbox.put(stream_chunk(request, _frame(entry.event, entry.payload)))
+            entries.clear()
             async for batch in sub.batches():
                 for event in batch:
                     # Per event, as the WebSocket pump does: see _client.WebSocketClient._pump.

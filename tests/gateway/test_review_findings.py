@@ -350,6 +350,39 @@ async def wordy_run(bus: pl.Bus, session: str, count: int) -> str:
     return handle.id
 
 
+class TestReplayBeyondTheOutbox:
+    @pytest.mark.parametrize("gateway_config", [_BIG])
+    async def test_a_websocket_resume_larger_than_the_outbox_is_replayed_to_a_reading_client(
+        self, served: Served
+    ) -> None:
+        with trio.fail_after(TIMEOUT):
+            async with connect(served.url, ALICE) as client:
+                await client.request("sessions.subscribe", {"sessionKey": "alice"})
+                run_id = await wordy_run(served.bus, "alice", 200)
+                await client.events_until(lambda f: is_terminal(f, run_id))
+            async with connect(served.url, ALICE) as client:
+                res = await client.request(
+                    "sessions.subscribe", {"sessionKey": "alice", "resume": {run_id: 1}}
+                )
+                assert res["ok"], res
+                frames = await client.events_until(lambda f: is_terminal(f, run_id))
+        seqs = [f["payload"]["seq"] for f in frames if f["event"] == "agent"]
+        assert seqs == list(range(2, 203))
+
+    @pytest.mark.parametrize("gateway_config", [_BIG])
+    async def test_an_sse_resume_larger_than_the_outbox_is_replayed_to_a_reading_client(
+        self, served: Served
+    ) -> None:
+        with trio.fail_after(TIMEOUT):
+            async with connect(served.url, ALICE) as client:
+                await client.request("sessions.subscribe", {"sessionKey": "alice"})
+                run_id = await wordy_run(served.bus, "alice", 200)
+                await client.events_until(lambda f: is_terminal(f, run_id))
+            names = await sse_events(served.url, "alice", ALICE, f"{run_id}:1")
+            await assert_healthy(served.url)
+        assert names.count("agent") == 201
+
+
 # ---- shutdown --------------------------------------------------------------------------------
 
 
