@@ -152,7 +152,12 @@ class _Server:
         except trio.TooSlowError:
             pass
         finally:
-            with trio.move_on_after(config.close_timeout, shield=True):
+            # One close_timeout for the whole close: the close frame and the lingering after
+            # it (a stalled client would otherwise hold shutdown for twice as long).
+            until = outbox.close_deadline
+            if until is None:
+                until = trio.current_time() + config.close_timeout
+            with trio.move_on_at(until, shield=True):
                 await _linger(sock)
             hub.counters.connections -= 1
             sock.close()

@@ -65,6 +65,8 @@ class Outbox:
     _writing: bool = False
     #: No more frames are accepted (a close is under way).
     closing: bool = False
+    #: When :meth:`finish` gives up: the close, lingering included, ends by then.
+    close_deadline: float | None = None
     bytes_sent: int = 0
 
     def put(self, data: bytes) -> None:
@@ -160,6 +162,7 @@ class Outbox:
         Call it once the writer task is stopped; it shields itself from cancellation.
         """
         self.closing = True
+        self.close_deadline = trio.current_time() + grace
         rest, self._rest = self._rest, None
         parts = [bytes(rest)] if rest is not None and len(rest) else []
         if flush:

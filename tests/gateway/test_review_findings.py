@@ -400,3 +400,23 @@ async def stalled_websocket(url: str) -> trio.socket.SocketType:
     while b'"id":"sessions.subscribe"' not in received:
         received += await sock.recv(65_536)
     return sock
+
+
+async def test_cancelling_serve_ends_within_close_timeout_even_with_a_stalled_client() -> None:
+    close_timeout = 1.0
+    config = GatewayConfig(tokens=TOKENS, port=0, close_timeout=close_timeout)
+    with trio.fail_after(TIMEOUT):
+        async with pl.open_bus() as bus:
+            async with trio.open_nursery() as nursery:
+                gateway = await nursery.start(pl.gateway.serve, bus, config)
+                sock = await stalled_websocket(gateway.url)
+                await wordy_run(bus, "alice", 2000)
+                # Until the writer is stuck: no frame has gone out for a while.
+                sent = -1
+                while sent != (sent := gateway.statistics().frames_sent):  # noqa: ASYNC110
+                    await trio.sleep(0.2)
+                started = trio.current_time()
+                nursery.cancel_scope.cancel()
+            elapsed = trio.current_time() - started
+            sock.close()
+    assert elapsed < close_timeout * 1.5
