@@ -37,6 +37,7 @@ from ._replay import Deduper, resume_map
 from ._tokens import READ, WRITE, Grant
 from ._websocket import (
     GOING_AWAY,
+    INTERNAL_ERROR,
     POLICY_VIOLATION,
     WebSocketClose,
     WebSocketTransport,
@@ -116,6 +117,10 @@ class WebSocketClient:
                 except ClientGone:
                     self.transport.peer_closed = True
                 nursery.cancel_scope.cancel()
+        except Exception:
+            # A bug serving one client ends that client, never the gateway (its nursery).
+            _log.exception("WebSocket client %s failed", self.conn_id)
+            self._close = (INTERNAL_ERROR, "internal error")
         finally:
             hub.counters.websockets -= 1
             await self._finish()

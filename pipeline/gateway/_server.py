@@ -11,6 +11,7 @@ Hypercorn and trio-websocket; this module and :mod:`._wire` are only the I/O aro
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -121,7 +122,7 @@ class _Server:
                 continue
             if counters.connections >= limit:
                 counters.connections_refused += 1
-                with trio.move_on_after(0.05):
+                with trio.move_on_after(0.05), contextlib.suppress(trio.BrokenResourceError):
                     await stream.send_all(error_response(503, "too many connections"))
                 await stream.aclose()
                 continue
@@ -151,6 +152,9 @@ class _Server:
             await outbox.finish(None, config.close_timeout)
         except trio.TooSlowError:
             pass
+        except Exception:
+            # A bug serving one connection ends that connection, never the gateway.
+            _log.exception("connection from %s failed", peer)
         finally:
             # One close_timeout for the whole close: the close frame and the lingering after
             # it (a stalled client would otherwise hold shutdown for twice as long).

@@ -30,6 +30,7 @@ from ._http import Request as HttpRequest
 
 __all__ = [
     "GOING_AWAY",
+    "INTERNAL_ERROR",
     "POLICY_VIOLATION",
     "PROTOCOL_ERROR",
     "TOO_BIG",
@@ -40,6 +41,7 @@ __all__ = [
 
 #: Close codes (RFC 6455 7.4.1).
 GOING_AWAY, PROTOCOL_ERROR, POLICY_VIOLATION, TOO_BIG = 1001, 1002, 1008, 1009
+INTERNAL_ERROR = 1011
 
 
 class WebSocketClose(Exception):

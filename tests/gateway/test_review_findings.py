@@ -420,3 +420,26 @@ async def test_cancelling_serve_ends_within_close_timeout_even_with_a_stalled_cl
             elapsed = trio.current_time() - started
             sock.close()
     assert elapsed < close_timeout * 1.5
+
+
+async def test_a_bug_serving_one_client_closes_it_1011_and_the_gateway_stays_up(
+    served: Served, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug in a handler")
+
+    monkeypatch.setitem(pipeline.gateway._client._HANDLERS, "sessions.list", broken)
+    with trio.fail_after(TIMEOUT):
+        sock = await upgraded_socket(served.url)
+        with sock:
+            for method in ("connect", "sessions.list"):
+                params = {"auth": {"token": ALICE}}
+                frame = {"type": "req", "id": method, "method": method, "params": params}
+                await sock.send(client_frame(json.dumps(frame).encode()))
+            received = b""
+            while data := await sock.recv(65_536):
+                received += data
+        close = received[received.rindex(b"\x88") :]
+        assert int.from_bytes(close[2:4], "big") == 1011
+        await assert_healthy(served.url)
+    assert "a bug in a handler" in caplog.text
