@@ -50,6 +50,10 @@ class GatewayConfig:
     max_buffered_bytes: int = attrs.field(default=1_048_576, validator=_count)
     #: How long a write to one client may make no progress before it is a slow consumer.
     send_timeout: float = attrs.field(default=10.0, validator=_seconds)
+    #: TCP keepalive: a silent peer is probed after this many idle seconds (then every
+    #: tenth of it, 3 times), so a client that vanished without a FIN or RST is dropped
+    #: even on a quiet session, and its tasks and subscriptions end.
+    keepalive_idle: float = attrs.field(default=60.0, validator=_seconds)
     #: How long closing a client waits to finish its frame in flight and send the close frame.
     close_timeout: float = attrs.field(default=2.0, validator=_seconds)
     #: Mailbox of each session subscription of a client (``DROP_OLDEST``).

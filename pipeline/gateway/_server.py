@@ -128,6 +128,7 @@ class _Server:
                 continue
             counters.connections += 1
             counters.connections_total += 1
+            _keepalive(stream.socket, self.hub.config.keepalive_idle)
             self.nursery.start_soon(self._connection, stream.socket)
 
     async def _connection(self, sock: trio.socket.SocketType) -> None:
@@ -244,6 +245,22 @@ class _Server:
             await outbox.finish(None, self.hub.config.close_timeout)
 
         return reply
+
+
+def _keepalive(sock: trio.socket.SocketType, idle: float) -> None:
+    """Turn on TCP keepalive: probes after ``idle`` seconds of silence, then every tenth of
+    that, and the connection fails after 3 unanswered probes (where the platform allows)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (
+            ("TCP_KEEPIDLE", idle),
+            ("TCP_KEEPINTVL", max(idle / 10, 1)),
+            ("TCP_KEEPCNT", 3),
+        ):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), max(int(value), 1))
+    except OSError:  # the client is gone already; the connection task will see it
+        pass
 
 
 async def _linger(sock: trio.socket.SocketType) -> None:

@@ -118,7 +118,8 @@ class WebSocketTransport:
         the client's close). :exc:`WebSocketClose` for a violation."""
         self._received += len(data)
         if not self.authenticated and self._received > self.max_handshake_bytes:
-            raise WebSocketClose(POLICY_VIOLATION, "more than 64 KiB before connect")
+            limit = self.max_handshake_bytes
+            raise WebSocketClose(POLICY_VIOLATION, f"more than {limit / 1024:g} KiB before connect")
         conn = self._conn
         replies = []
         conn.receive_data(data)

@@ -186,3 +186,20 @@ class TestPolicy:
                 }
                 assert client.hello["type"] == "hello-ok"
                 assert client.hello["protocol"] == 1
+
+
+async def test_keepalive_probes_a_silent_peer_after_the_configured_idle_time() -> None:
+    import socket
+
+    from pipeline.gateway._server import _keepalive
+
+    sock = trio.socket.socket()
+    try:
+        _keepalive(sock, 30.0)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+    finally:
+        sock.close()
