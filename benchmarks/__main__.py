@@ -5,9 +5,11 @@ with ``batches()``, against hand-written raw trio, in alternating rounds; pyee a
 processes of their own), subscribers filtered on their own sessions (S = 10 ... 10,000), the
 cost of a live idle run, abort latency, stalled subscribers, emits from other threads through
 the portal, the gateway (frames/s to 1 and 100 WebSocket clients, memory per idle connection,
-emit-to-client latency), and the 1,000,000-run memory soak for the bus and for the leaking
-model (each in a fresh process), then draws ``docs/benchmarks-memory.png``. It prints one
-table at the end, each figure beside its target, and writes JSON to ``benchmarks/results/``.
+emit-to-client latency), the cluster (events/s from node to node through its own
+redis-server, emit-to-remote-client latency; skipped without redis-server), and the
+1,000,000-run memory soak for the bus and for the leaking model (each in a fresh process),
+then draws ``docs/benchmarks-memory.png``. It prints one table at the end, each figure beside
+its target, and writes JSON to ``benchmarks/results/``.
 Progress goes to stderr.
 
 The soak dominates the time (tens of minutes with tracemalloc on); ``--soak-runs``,
@@ -25,10 +27,31 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import abort_latency, fanout, gateway, idle_cost, plot_memory, portal, scaling, soak, stalled
+from . import (
+    abort_latency,
+    cluster,
+    fanout,
+    gateway,
+    idle_cost,
+    plot_memory,
+    portal,
+    scaling,
+    soak,
+    stalled,
+)
 from ._util import RESULTS, Row, format_table, machine, say, write_json
 
-SECTIONS = ("fanout", "scaling", "idle", "abort", "stalled", "portal", "gateway", "soak")
+SECTIONS = (
+    "fanout",
+    "scaling",
+    "idle",
+    "abort",
+    "stalled",
+    "portal",
+    "gateway",
+    "cluster",
+    "soak",
+)
 #: Each section's JSON file, the same one its module writes when run alone.
 FILES = {"idle": "idle_cost", "abort": "abort_latency", "soak": "soak"}
 
@@ -96,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     section("portal", lambda: portal.measure(5_000 if quick else 20_000), portal.rows)
     section("gateway", lambda: gateway.measure(**(gateway.QUICK if quick else {})), gateway.rows)
+    section("cluster", lambda: cluster.measure(**(cluster.QUICK if quick else {})), cluster.rows)
     section("soak", lambda: soak.measure(soak_runs, soak_tracemalloc, quick=quick), soak.rows)
     if "soak" in sections and not quick and (RESULTS / "soak-bus.json").exists():
         plot_memory.main([])
