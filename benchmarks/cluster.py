@@ -17,10 +17,10 @@ share this machine's cores. Every node uses the default ``ClusterConfig`` and ``
   never drops anything); node B's subscriber of their session counts them. Timed from the
   first emit until node B's subscriber has the last one (``time.monotonic_ns()``,
   CLOCK_MONOTONIC, which the processes share on Linux). Each run's lifecycle and chat events
-  are carried too, and not counted (about 5% more entries). Also shown: the emit loop's own
-  rate, and the CPU time per delta of node A (serializing, writing, and reading its own
-  entries back) and node B (parsing and ingest). Short runs keep the chat snapshots small: one
-  run of 50,000 deltas would make each chat event carry up to 1 MB of text.
+  are carried too, and not counted (5 per run of 50: 10% more entries). Also shown: the emit
+  loop's own rate, and the CPU time per delta of node A (serializing, writing, and reading its
+  own entries back) and node B (parsing and ingest). Short runs keep the chat snapshots small:
+  one run of 50,000 deltas would make each chat event carry up to 1 MB of text.
   Then the latency: 100 runs on node A in 100 sessions; one task emits a delta every
   millisecond (1,000 events/s in all, paced with ``trio.sleep_until``), each carrying
   ``{"t": time.monotonic_ns()}``; node B's subscriber of every event takes its receive time
