@@ -350,7 +350,7 @@ async def test_a_redis_restart_mid_run_loses_nothing_silently_and_the_run_ends(
                     before = await frames_of_run(on_b, run_id, some_text)
                 if pause_b:
                     nodes["B"].process.send_signal(signal.SIGSTOP)
-                    await trio.sleep(0.6)  # node A writes about 5 deltas node B never reads
+                    await trio.sleep(1.0)  # node A writes about 8 deltas node B never reads
                 await redis_server.restart()  # a fresh server: every stream and key is gone
                 if pause_b:
                     nodes["B"].process.send_signal(signal.SIGCONT)
