@@ -17,10 +17,16 @@ from typing import Any
 
 import attrs
 
+from ._event import wire_size
+
 __all__ = ["SEGMENT_SEPARATOR", "ChatProjection"]
 
 _TEXT_STREAMS = frozenset({"assistant", "thinking"})
 _FLUSH_STREAMS = frozenset({"tool", "item"})
+
+#: Room kept in a chat event for everything but its texts (run id, session key, seq, state,
+#: stop reason, the JSON around them), so that the whole event fits in ``max_event_bytes``.
+_ENVELOPE_BYTES = 8192
 
 #: What joins a text segment to the one before it: a blank line.
 SEGMENT_SEPARATOR = "\n\n"
@@ -220,9 +226,29 @@ class ChatProjection:
 
     def _message(self, timestamp: int) -> dict[str, Any]:
         content: list[dict[str, str]] = []
-        thinking, text = self.thinking, self.text
+        thinking, text = self._fitting(self.thinking, self.text)
         if thinking:
             content.append({"type": "thinking", "thinking": thinking})
         if text:
             content.append({"type": "text", "text": text})
         return {"role": "assistant", "content": content, "timestamp": timestamp}
+
+    def _fitting(self, thinking: str, text: str) -> tuple[str, str]:
+        """The thinking and text a chat message can carry: cut from the end until the
+        message's wire JSON fits in :attr:`limit` bytes with room for the event around it (the
+        buffers themselves keep their characters). Each buffer holds up to ``limit`` characters, and a
+        character takes up to 6 bytes of JSON, so without this a long run's chat event could
+        be larger than another bus's ``ingest`` accepts (lossless forwarding, SPEC 4.4).
+        Measured only when the texts could be too large, so short runs pay nothing."""
+        budget = self.limit - _ENVELOPE_BYTES
+        if budget < _ENVELOPE_BYTES or (len(thinking) + len(text)) * 6 <= budget:
+            # Below 16 KiB no chat event could fit anyway: the limit then bounds the buffers
+            # only (as the unit tests with tiny limits use it).
+            return thinking, text
+        while (thinking or text) and (size := wire_size([thinking, text])) > budget:
+            keep = budget / size
+            if len(thinking) > len(text):
+                thinking = thinking[: max(int(len(thinking) * keep) - 64, 0)]
+            else:
+                text = text[: max(int(len(text) * keep) - 64, 0)]
+        return thinking, text

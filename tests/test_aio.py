@@ -620,6 +620,9 @@ class TestClosing:
 
             async def body(run):
                 try:
+                    # Ready once the body runs: start_run returns when the start event is
+                    # out, which can be before the body's task has begun.
+                    print("ready", flush=True)
                     await asyncio.Event().wait()
                 finally:
                     print("body finally", flush=True)
@@ -627,7 +630,6 @@ class TestClosing:
             async def main():
                 async with aio.open_bus() as bus:
                     await bus.start_run(body)
-                    print("ready", flush=True)
                     await asyncio.Event().wait()
 
             if sys.argv[1] == "asyncio.run":

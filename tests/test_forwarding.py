@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -168,3 +169,31 @@ class TestLocalOnlySubscriptions:
     async def test_local_only_must_be_a_bool(self, agent_bus: pl.Bus) -> None:
         with pytest.raises(TypeError):
             agent_bus.subscribe(local_only="yes")  # type: ignore[arg-type]
+
+
+async def test_a_run_with_more_text_than_max_event_bytes_still_forwards_every_chat_event() -> None:
+    # Each buffer keeps up to max_event_bytes characters, and "é" takes two bytes of JSON, so
+    # without the projection's size check the chat events would be refused by bus B's ingest.
+    config = pl.BusConfig(max_event_bytes=20_000, chat_delta_interval=0.0)
+
+    async def long_answer(run: pl.Run) -> None:
+        for _ in range(30):
+            await run.emit("assistant", {"delta": "é" * 1000})
+
+    async with pl.open_bus(config) as a, pl.open_bus(config) as b:
+        async with a.subscribe(buffer=256) as from_a, b.subscribe(buffer=256) as on_b:
+            handle = await a.start_run(
+                long_answer, run_id="r1", context=pl.RunContext(session_key="s")
+            )
+            await handle.wait()
+            sent = queued(from_a)
+            for event in sent:
+                await b.ingest(event.to_wire())
+            await trio.testing.wait_all_tasks_blocked()
+            chats = [e for e in sent if e.stream == "chat"]
+            assert chats[-1].data["state"] == "final"
+            assert all(
+                len(json.dumps(e.to_wire(), ensure_ascii=False).encode()) <= 20_000 for e in chats
+            )
+            assert [identity(e) for e in queued(on_b)] == [identity(e) for e in sent]
+            assert a.statistics().chat_truncations > 0
