@@ -235,11 +235,11 @@ class ChatProjection:
 
     def _fitting(self, thinking: str, text: str) -> tuple[str, str]:
         """The thinking and text a chat message can carry: cut from the end until the
-        message's wire JSON fits in :attr:`limit` bytes with room for the event around it (the
-        buffers themselves keep their characters). Each buffer holds up to ``limit`` characters, and a
-        character takes up to 6 bytes of JSON, so without this a long run's chat event could
-        be larger than another bus's ``ingest`` accepts (lossless forwarding, SPEC 4.4).
-        Measured only when the texts could be too large, so short runs pay nothing."""
+        message's wire JSON fits in :attr:`limit` bytes with room for the event around it.
+        The buffers keep their characters: each holds up to ``limit`` of them, and a character
+        takes up to 6 bytes of JSON, so without this a long run's chat event could be larger
+        than another bus's ``ingest`` accepts (lossless forwarding, SPEC 4.4). Measured only
+        when the texts could be too large, so short runs pay nothing."""
         budget = self.limit - _ENVELOPE_BYTES
         if budget < _ENVELOPE_BYTES or (len(thinking) + len(text)) * 6 <= budget:
             # Below 16 KiB no chat event could fit anyway: the limit then bounds the buffers
