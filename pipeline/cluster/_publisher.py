@@ -89,10 +89,15 @@ class Publisher:
         outbox = self.outbox
         config = self.config
         ready()
+        busy = False
         while True:
             await outbox.wait_nonempty()
-            if len(outbox) < config.batch_size and config.flush_interval > 0:
+            # Under load (the last batch was at least a quarter full), wait flush_interval
+            # for a fuller batch; otherwise write at once: entries arriving during a write
+            # form the next batch anyway, and a lone event need not wait (latency).
+            if busy and len(outbox) < config.batch_size and config.flush_interval > 0:
                 await trio.sleep(config.flush_interval)
+            busy = len(outbox) >= config.batch_size // 4
             await self.write_batch(client)
 
     async def write_batch(self, client: Client) -> None:
