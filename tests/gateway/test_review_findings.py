@@ -3,12 +3,10 @@ another session's data, or broke a contract of GATEWAY.md section 1."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -19,42 +17,13 @@ import pipeline.gateway
 from pipeline.gateway import GatewayConfig
 
 from ._client import connect, is_terminal
+from ._raw import address, http_exchange, status_of
 from .conftest import ADMIN, ALICE, TOKENS, Served, talker
 
 TIMEOUT = 20
 
 
 # ---- helpers -------------------------------------------------------------------------------
-
-
-def _address(url: str) -> tuple[str, int]:
-    split = urlsplit(url)
-    assert split.hostname is not None
-    assert split.port is not None
-    return split.hostname, split.port
-
-
-async def raw_http(url: str, data: bytes) -> bytes:
-    """Send ``data`` on a new connection; everything the server sends until it closes."""
-    stream = await trio.open_tcp_stream(*_address(url))
-    async with stream:
-        with contextlib.suppress(trio.BrokenResourceError):
-            await stream.send_all(data)
-        received = bytearray()
-        while True:
-            try:
-                chunk = await stream.receive_some(65_536)
-            except trio.BrokenResourceError:
-                break
-            if not chunk:
-                break
-            received += chunk
-        return bytes(received)
-
-
-def status_of(response: bytes) -> int:
-    assert response.startswith(b"HTTP/1.1 "), response[:200]
-    return int(response[9:12])
 
 
 async def assert_healthy(url: str) -> None:
@@ -88,7 +57,7 @@ async def upgraded_socket(url: str, *, rcvbuf: int | None = None) -> trio.socket
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    await sock.connect(_address(url))
+    await sock.connect(address(url))
     await sock.send(
         b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\n\r\n"
@@ -170,7 +139,7 @@ class TestCrashPaths:
             b"Last-Event-ID: r1:\xb2\r\n\r\n"
         )
         with trio.fail_after(TIMEOUT):
-            stream = await trio.open_tcp_stream(*_address(served.url))
+            stream = await trio.open_tcp_stream(*address(served.url))
             async with stream:
                 await stream.send_all(request)
                 head = await stream.receive_some(65_536)
@@ -179,7 +148,7 @@ class TestCrashPaths:
 
     async def test_a_request_target_that_urlsplit_rejects_gets_a_400(self, served: Served) -> None:
         with trio.fail_after(TIMEOUT):
-            response = await raw_http(served.url, b"GET //[x/ws HTTP/1.1\r\nHost: x\r\n\r\n")
+            response = await http_exchange(served.url, b"GET //[x/ws HTTP/1.1\r\nHost: x\r\n\r\n")
             assert status_of(response) == 400
             await assert_healthy(served.url)
 
@@ -197,11 +166,11 @@ class TestCrashPaths:
                 ).encode()
                 # The recorder holds one subscription; three streams take the rest.
                 for _ in range(3):
-                    stream = await trio.open_tcp_stream(*_address(url))
+                    stream = await trio.open_tcp_stream(*address(url))
                     held.append(stream)
                     await stream.send_all(request)
                     assert (await stream.receive_some(65_536)).startswith(b"HTTP/1.1 200")
-                response = await raw_http(url, request)
+                response = await http_exchange(url, request)
                 assert status_of(response) == 503
                 await assert_healthy(url)
                 for stream in held:
@@ -219,7 +188,7 @@ class TestCrashPaths:
                 f"Authorization: Bearer {ALICE}\r\n\r\n"
             ).encode()
             for _ in range(3):
-                stream = await trio.open_tcp_stream(*_address(url))
+                stream = await trio.open_tcp_stream(*address(url))
                 held.append(stream)
                 await stream.send_all(request)
                 assert (await stream.receive_some(65_536)).startswith(b"HTTP/1.1 200")
