@@ -8,7 +8,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +150,30 @@ def machine() -> dict[str, Any]:
     except Exception:
         pass
     return info
+
+
+def sized_main(
+    name: str,
+    description: str | None,
+    defaults: dict[str, Any],
+    quick: dict[str, Any],
+    measure: Callable[..., dict[str, Any]],
+    rows: Callable[[dict[str, Any]], list[Row]],
+    argv: list[str] | None,
+) -> int:
+    """The command line of a benchmark measured at named sizes: ``--quick`` for ``quick``,
+    ``--<size>`` to override one of ``defaults``; prints the table and writes the JSON."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, a few seconds each")
+    for size, value in defaults.items():
+        flag = "--" + size.replace("_", "-")
+        parser.add_argument(flag, type=type(value), default=None, help=f"default {value}")
+    args = parser.parse_args(argv)
+    sizes = dict(quick) if args.quick else {}
+    sizes.update({k: getattr(args, k) for k in defaults if getattr(args, k) is not None})
+    measured = measure(**sizes)
+    write_json(name, measured, quick=args.quick)
+    print(format_table(rows(measured)))
+    return 0

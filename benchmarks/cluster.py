@@ -40,7 +40,6 @@ no measurement starts with a reader still catching up with the one before.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import socket
 import subprocess
@@ -57,7 +56,7 @@ import trio
 import pipeline as pl
 
 from . import gateway
-from ._util import ROOT, Row, format_table, say, verdict, write_json
+from ._util import ROOT, Row, say, sized_main, verdict
 
 if TYPE_CHECKING:
     from pipeline.cluster import Node
@@ -487,22 +486,7 @@ def rows(measured: dict[str, Any]) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, a few seconds each")
-    for name, value in DEFAULTS.items():
-        flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, type=type(value), default=None, help=f"default {value}")
-    args = parser.parse_args(argv)
-    sizes = dict(QUICK) if args.quick else {}
-    sizes.update(
-        {name: getattr(args, name) for name in DEFAULTS if getattr(args, name) is not None}
-    )
-    measured = measure(**sizes)
-    write_json("cluster", measured, quick=args.quick)
-    print(format_table(rows(measured)))
-    return 0
+    return sized_main("cluster", __doc__, DEFAULTS, QUICK, measure, rows, argv)
 
 
 if __name__ == "__main__":

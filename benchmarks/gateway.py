@@ -37,7 +37,6 @@ processes still share the cores. The processes talk through the client process's
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import secrets
@@ -56,7 +55,7 @@ import pipeline as pl
 from pipeline.gateway import Gateway, GatewayConfig, Tokens, open_gateway
 
 from ._gateway_clients import raise_fd_limit
-from ._util import ROOT, Row, format_table, rss_bytes, say, verdict, write_json
+from ._util import ROOT, Row, rss_bytes, say, sized_main, verdict
 
 #: Targets (GATEWAY 1.8).
 FRAMES_TARGET = 15_000
@@ -408,22 +407,7 @@ def rows(measured: dict[str, Any]) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, a few seconds each")
-    for name, value in DEFAULTS.items():
-        flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, type=type(value), default=None, help=f"default {value}")
-    args = parser.parse_args(argv)
-    sizes = dict(QUICK) if args.quick else {}
-    sizes.update(
-        {name: getattr(args, name) for name in DEFAULTS if getattr(args, name) is not None}
-    )
-    measured = measure(**sizes)
-    write_json("gateway", measured, quick=args.quick)
-    print(format_table(rows(measured)))
-    return 0
+    return sized_main("gateway", __doc__, DEFAULTS, QUICK, measure, rows, argv)
 
 
 if __name__ == "__main__":
