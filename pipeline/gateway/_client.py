@@ -29,11 +29,10 @@ import trio
 
 from actors import Overflow
 
-from .. import _event
 from .._errors import PipelineError
 from .._subscription import SLOW_CONSUMER
 from ._hub import Hub, RunRefused
-from ._replay import Deduper, resume_map
+from ._replay import Deduper, frame_name, resume_map
 from ._tokens import READ, WRITE, Grant
 from ._websocket import (
     GOING_AWAY,
@@ -464,7 +463,7 @@ class WebSocketClient:
             if have is not None and event.seq <= have:
                 continue
             dedupe.sent(event)
-            frames.append(("chat" if event.stream == _event.CHAT else "agent", entry.payload))
+            frames.append((frame_name(event), entry.payload))
         return frames
 
 

@@ -16,7 +16,7 @@ from .._errors import PipelineError
 from .._event import Event
 from .._run import Run
 from ._config import Agent, GatewayConfig
-from ._replay import Deduper, Recorder, ReplayBuffer, RunRecord, encode_payload
+from ._replay import Deduper, Recorder, ReplayBuffer, RunRecord, encode_payload, frame_name
 from ._tokens import AuthFailures
 
 __all__ = ["Counters", "GatewayStatistics", "Hub", "PayloadCache", "RunRefused"]
@@ -182,7 +182,7 @@ class Hub:
             return "gap", json.dumps({"sessionKey": key, "dropped": count})
         if dedupe.is_duplicate(event):
             return None
-        return ("chat" if event.stream == _event.CHAT else "agent"), self.payloads.payload(event)
+        return frame_name(event), self.payloads.payload(event)
 
     def resync(self, key: str, run_id: str, record: RunRecord) -> str:
         """The ``resync`` payload for a run the replay buffer has partly forgotten (counted)."""

@@ -27,7 +27,15 @@ from .._bus import Bus
 from .._event import Event
 from .._subscription import SLOW_CONSUMER
 
-__all__ = ["Deduper", "Recorder", "ReplayBuffer", "RunRecord", "encode_payload", "position"]
+__all__ = [
+    "Deduper",
+    "Recorder",
+    "ReplayBuffer",
+    "RunRecord",
+    "encode_payload",
+    "frame_name",
+    "position",
+]
 
 _log = logging.getLogger("pipeline.gateway")
 
@@ -39,6 +47,11 @@ def position(event: Event) -> tuple[int, str]:
     """An event's place in its run: its seq and what it is at that seq. Within one run no two
     events share it (chat and seq-gap annotations share their cause's seq, one of each kind)."""
     return event.seq, _event.annotation_kind(event) or ""
+
+
+def frame_name(event: Event) -> str:
+    """The name of the frame (WebSocket event, SSE ``event:``) that carries ``event``."""
+    return "chat" if event.stream == _event.CHAT else "agent"
 
 
 def encode_payload(event: Event) -> str:

@@ -29,7 +29,7 @@ from .._subscription import Subscription
 from ._agui import AguiTranslator, encode, last_user_message, parse_run_input
 from ._http import Request, respond, response_head, stream_chunk
 from ._hub import Hub, RunRefused
-from ._replay import Deduper, Entry
+from ._replay import Deduper, Entry, frame_name
 from ._tokens import READ, WRITE, Grant
 from ._wire import ClientGone, Outbox, SlowConsumer
 
@@ -199,8 +199,7 @@ async def _unavailable(hub: Hub, outbox: Outbox, request: Request, message: str)
 
 
 def _frame(event: Event, payload: str) -> bytes:
-    name = "chat" if event.stream == _event.CHAT else "agent"
-    return _sse(name, payload, event_id(event))
+    return _sse(frame_name(event), payload, event_id(event))
 
 
 def _guarded(feed: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
